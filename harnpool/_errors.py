@@ -1,0 +1,167 @@
+"""The errors harnpool raises.
+
+Every error derives from :class:`HarnpoolError`. Where a caller would already
+catch a builtin, the error subclasses it too::
+
+    HarnpoolError
+    ├── JournalError
+    │   ├── JournalCorruptError (ValueError)   a line cannot be trusted: path, line, offset
+    │   ├── JournalLockedError                 another pool holds the journal: path, pid
+    │   ├── JournalVersionError                a newer harnpool wrote the journal
+    │   └── JournalWriteError (OSError)        a write or fsync failed: the pool has stopped
+    ├── PoolClosedError (RuntimeError)         the pool was used after it closed
+    ├── UnknownTaskError (KeyError)            no task has that id
+    ├── ResultNotEncodableError (TypeError)    a task's result cannot be stored as JSON
+    └── TaskFailed                             the task's function raised: type and message
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = [
+    "HarnpoolError",
+    "JournalCorruptError",
+    "JournalError",
+    "JournalLockedError",
+    "JournalVersionError",
+    "JournalWriteError",
+    "PoolClosedError",
+    "ResultNotEncodableError",
+    "TaskFailed",
+    "UnknownTaskError",
+]
+
+
+class HarnpoolError(Exception):
+    """The base of every error harnpool raises."""
+
+
+class JournalError(HarnpoolError):
+    """Something is wrong with a journal file.
+
+    Attributes:
+        path: The journal's path.
+    """
+
+    def __init__(self, message: str, *, path: str | os.PathLike[str]) -> None:
+        super().__init__(message)
+        self.path = os.fspath(path)
+
+
+class JournalCorruptError(JournalError, ValueError):
+    """A journal cannot be loaded; the file was left as it was.
+
+    Attributes:
+        path: The journal's path.
+        line: The 1-based number of the line that could not be trusted.
+        offset: The byte offset at which that line starts.
+        reason: What is wrong with it.
+    """
+
+    def __init__(
+        self, *, path: str | os.PathLike[str], line: int, offset: int, reason: str
+    ) -> None:
+        super().__init__(
+            f"journal {os.fspath(path)!r} is corrupt at line {line} "
+            f"(byte offset {offset}): {reason}",
+            path=path,
+        )
+        self.line = line
+        self.offset = offset
+        self.reason = reason
+
+
+class JournalLockedError(JournalError):
+    """Another pool, in this process or another, holds the journal's lock.
+
+    Attributes:
+        path: The journal's path.
+        lock_path: The lock file.
+        pid: The holder's process id as it wrote it, or None if unreadable.
+    """
+
+    def __init__(self, *, path: str | os.PathLike[str], lock_path: str, pid: int | None) -> None:
+        holder = "an unknown process" if pid is None else f"process {pid}"
+        if pid == os.getpid():
+            holder += " (this process: another pool is open on it)"
+        super().__init__(
+            f"journal {os.fspath(path)!r} is locked by {holder} through {lock_path!r}",
+            path=path,
+        )
+        self.lock_path = lock_path
+        self.pid = pid
+
+
+class JournalVersionError(JournalError):
+    """The journal's format is newer than this version of harnpool reads.
+
+    Attributes:
+        path: The journal's path.
+        found: The format version in the journal's header.
+        supported: The newest format this version reads.
+    """
+
+    def __init__(self, *, path: str | os.PathLike[str], found: int, supported: int) -> None:
+        super().__init__(
+            f"journal {os.fspath(path)!r} has format {found}; this harnpool reads format "
+            f"{supported} and older: upgrade harnpool to open it",
+            path=path,
+        )
+        self.found = found
+        self.supported = supported
+
+
+class JournalWriteError(JournalError, OSError):
+    """Writing or syncing the journal failed, so the pool stopped.
+
+    Nothing written after the failure was acknowledged. The pool never retries
+    a failed fsync (the kernel may already have dropped the dirty pages); reopen
+    the journal to carry on from what is durable.
+    """
+
+
+class PoolClosedError(HarnpoolError, RuntimeError):
+    """The pool was used after its ``async with`` block ended."""
+
+
+class UnknownTaskError(HarnpoolError, KeyError):
+    """No task with that id exists in the pool."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(task_id)
+        self.task_id = task_id
+
+    def __str__(self) -> str:
+        return f"no task with id {self.task_id!r} in this pool"
+
+
+class ResultNotEncodableError(HarnpoolError, TypeError):
+    """A task returned a value msgspec cannot encode as JSON.
+
+    The task is recorded as failed with this error's type and message.
+    """
+
+
+class TaskFailed(HarnpoolError):
+    """A task's function raised; the task is recorded as failed.
+
+    When the failure happened in this process the original exception is the
+    ``__cause__``; after a restart only its type and message are known.
+
+    Attributes:
+        task_id: The failed task's id.
+        key: The task's idempotency key, if any.
+        error_type: The exception's qualified type name, e.g. ``"builtins.ValueError"``.
+        error_message: ``str()`` of the exception.
+    """
+
+    def __init__(
+        self, *, task_id: str, key: str | None, error_type: str, error_message: str
+    ) -> None:
+        named = task_id if key is None else f"{task_id} (key {key!r})"
+        super().__init__(f"task {named} failed: {error_type}: {error_message}")
+        self.task_id = task_id
+        self.key = key
+        self.error_type = error_type
+        self.error_message = error_message

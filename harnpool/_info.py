@@ -1,0 +1,98 @@
+"""Frozen value objects that describe a pool and its tasks."""
+
+from __future__ import annotations
+
+import msgspec
+
+from ._journal import TornTail
+from ._records import Status
+
+__all__ = ["PoolStatistics", "RecoveryReport", "TaskInfo"]
+
+
+class TaskInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A snapshot of one task.
+
+    Times are seconds since the epoch (``time.time()``).
+
+    Attributes:
+        id: The task's id, unique within its pool.
+        key: The idempotency key, if the task was submitted with one.
+        priority: Higher runs first.
+        seq: Submission order; the tie-break among equal priorities.
+        status: Where the task is in its life.
+        function: The qualified name of the task's function.
+        attached: Whether this process knows the task's function. A task
+            recovered from a journal is not attached, and an unfinished one does
+            not run, until it is submitted again with its key.
+        attempts: How many times the task was started, crashed runs included.
+        submitted_at: When it was first submitted.
+        started_at: When its latest run started, if it is running or finished.
+        finished_at: When it finished, if it has.
+        error_type: For a failed task, the exception's qualified type name.
+        error_message: For a failed task, ``str()`` of the exception.
+    """
+
+    id: str
+    key: str | None
+    priority: int
+    seq: int
+    status: Status
+    function: str | None
+    attached: bool
+    attempts: int
+    submitted_at: float
+    started_at: float | None
+    finished_at: float | None
+    error_type: str | None
+    error_message: str | None
+
+
+class PoolStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """Counts of a pool's tasks by status, and its limit.
+
+    Attributes:
+        max_concurrent: How many tasks may run at once.
+        queued: Tasks waiting to run, attached or not.
+        running: Tasks running now.
+        completed: Tasks that returned a result.
+        failed: Tasks whose function raised.
+        rejected: Tasks the pool refused to run.
+        cancelled: Tasks cancelled before they finished.
+        waiting_for_function: Queued tasks recovered from the journal whose
+            function this process does not know yet.
+        flushes: Journal flushes (one write and one fdatasync each) since open.
+    """
+
+    max_concurrent: int
+    queued: int
+    running: int
+    completed: int
+    failed: int
+    rejected: int
+    cancelled: int
+    waiting_for_function: int
+    flushes: int
+
+
+class RecoveryReport(msgspec.Struct, frozen=True, kw_only=True):
+    """What opening a journal found.
+
+    Attributes:
+        path: The journal's path.
+        created: True if the journal did not exist and was created.
+        tasks: How many tasks the journal held.
+        requeued: Ids of tasks a crash interrupted while running; they were
+            queued again at their original place.
+        queued: How many tasks were waiting to run, ``requeued`` included.
+        finished: How many tasks had finished (any final status).
+        torn_tail: The incomplete last line that was skipped, if any.
+    """
+
+    path: str
+    created: bool
+    tasks: int
+    requeued: tuple[str, ...]
+    queued: int
+    finished: int
+    torn_tail: TornTail | None

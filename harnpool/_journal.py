@@ -1,0 +1,431 @@
+"""The journal file: lock, replay, compact, and append with group commit.
+
+Durability contract: a record is durable once the batch that holds it has been
+written with one ``write`` per chunk and one ``fdatasync`` of the journal, and
+:meth:`Batch.wait` has returned. Nothing that waits on a batch is told anything
+before that. A journal that was just created or compacted is durable once its
+temporary file was fsynced, renamed over the journal, and the directory fsynced.
+
+Every blocking call here runs in a worker thread: the opening steps run in one
+thread call, and each flush runs in another, on a limiter of its own so that a
+pool's sync tasks cannot delay the journal.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import anyio
+import msgspec
+
+from ._errors import (
+    JournalCorruptError,
+    JournalLockedError,
+    JournalVersionError,
+    JournalWriteError,
+)
+from ._records import FORMAT_VERSION, Header, Record, Status, TaskRecord
+
+__all__ = ["Batch", "Journal", "Opened", "TornTail", "load", "open_journal"]
+
+_sync_data: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
+
+
+class TornTail(msgspec.Struct, frozen=True, kw_only=True):
+    """The incomplete last line a crash left in a journal, skipped on load.
+
+    Attributes:
+        line: Its 1-based line number.
+        offset: The byte offset where it starts.
+        length: Its length in bytes.
+        reason: Why it was not trusted.
+    """
+
+    line: int
+    offset: int
+    length: int
+    reason: str
+
+
+@dataclass(slots=True)
+class Loaded:
+    """What replaying a journal found."""
+
+    header: Header
+    #: The last record of every task, in submission order.
+    tasks: dict[str, TaskRecord]
+    torn: TornTail | None
+    lines: int
+
+
+_decoder = msgspec.json.Decoder(Record)
+
+
+def _lines(body: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """Yield ``(line number, byte offset, line)`` for every line of ``body``."""
+    offset = 0
+    number = 0
+    size = len(body)
+    while offset < size:
+        end = body.find(b"\n", offset)
+        if end < 0:
+            end = size
+        number += 1
+        yield number, offset, body[offset:end]
+        offset = end + 1
+
+
+def _replay(path: str, data: bytes) -> Loaded:
+    complete = data.rfind(b"\n") + 1
+    body = data[:complete]
+    torn: TornTail | None = None
+    if complete < len(data):
+        torn = TornTail(
+            line=body.count(b"\n") + 1,
+            offset=complete,
+            length=len(data) - complete,
+            reason="the last line has no newline: a write was cut short",
+        )
+    try:
+        records: list[Record] = _decoder.decode_lines(body)
+        fast = isinstance(records[0], Header) if records else False
+        fast = fast and not any(isinstance(r, Header) for r in records[1:])
+    except msgspec.DecodeError:
+        fast = False
+    if not fast:
+        # Find what is wrong, line by line, to name it precisely.
+        records, torn = _replay_slowly(path, body, torn)
+    header = records[0]
+    assert isinstance(header, Header)
+    if header.format > FORMAT_VERSION:
+        raise JournalVersionError(path=path, found=header.format, supported=FORMAT_VERSION)
+    tasks: dict[str, TaskRecord] = {}
+    for record in records[1:]:
+        assert isinstance(record, TaskRecord)
+        tasks[record.id] = record
+    ordered = sorted(tasks.values(), key=lambda r: r.seq)
+    for i, record in enumerate(ordered):
+        if not isinstance(record.result, msgspec.UnsetType):
+            # A decoded Raw points into the whole file's buffer: copy it so the buffer can go.
+            ordered[i] = msgspec.structs.replace(record, result=record.result.copy())
+    return Loaded(
+        header=header,
+        tasks={r.id: r for r in ordered},
+        torn=torn,
+        lines=body.count(b"\n") + (torn is not None),
+    )
+
+
+def _replay_slowly(
+    path: str, body: bytes, torn: TornTail | None
+) -> tuple[list[Record], TornTail | None]:
+    records: list[Record] = []
+    lines = list(_lines(body))
+    for number, offset, raw in lines:
+        if not raw.strip():
+            continue
+        try:
+            record = _decoder.decode(raw)
+        except msgspec.DecodeError as exc:
+            last = number == len(lines) and torn is None
+            if last and records:
+                return records, TornTail(
+                    line=number, offset=offset, length=len(raw) + 1, reason=f"undecodable: {exc}"
+                )
+            raise JournalCorruptError(
+                path=path, line=number, offset=offset, reason=str(exc)
+            ) from exc
+        if not records and not isinstance(record, Header):
+            raise JournalCorruptError(
+                path=path, line=number, offset=offset, reason="the first line is not a header"
+            )
+        if records and isinstance(record, Header):
+            raise JournalCorruptError(
+                path=path, line=number, offset=offset, reason="a second header"
+            )
+        records.append(record)
+    if not records:
+        raise JournalCorruptError(
+            path=path, line=1, offset=0, reason="no header: the file holds no complete line"
+        )
+    return records, torn
+
+
+def load(path: str | os.PathLike[str]) -> Loaded | None:
+    """Read and replay a journal without changing it.
+
+    Returns:
+        What it holds, or None if the file does not exist.
+
+    Raises:
+        JournalCorruptError: A line other than the last cannot be decoded, or
+            the header is missing or repeated. The file is not touched.
+        JournalVersionError: A newer harnpool wrote the file.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    return _replay(path, data)
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:  # pragma: no cover - os.write raises rather than return 0 for files
+            raise OSError(errno.EIO, "write wrote nothing")
+        view = view[written:]
+
+
+def compact(path: str, header: Header, tasks: list[TaskRecord]) -> None:
+    """Replace the journal with the header and one record per task, atomically.
+
+    The new contents go to ``<path>.compact`` first, are fsynced, renamed over
+    the journal, and the directory is fsynced: a crash at any step leaves either
+    the old journal or the new one. A leftover ``.compact`` file is never read.
+    """
+    encoder = msgspec.json.Encoder()
+    buf = bytearray()
+    encoder.encode_into(header, buf, -1)
+    buf += b"\n"
+    for record in tasks:
+        encoder.encode_into(record, buf, -1)
+        buf += b"\n"
+    temporary = path + ".compact"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        _write_all(fd, buf)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def _lock(path: str) -> int:
+    lock_path = path + ".lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            pid: int | None = int(os.pread(fd, 32, 0).decode().strip())
+        except ValueError:
+            pid = None
+        os.close(fd)
+        raise JournalLockedError(path=path, lock_path=lock_path, pid=pid) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _unlock(fd: int) -> None:
+    # The lock file stays: removing it would let a third opener lock a new
+    # inode while a second still waits on the old one.
+    os.close(fd)
+
+
+@dataclass(slots=True)
+class Opened:
+    """A journal opened for appending, and what recovery found in it."""
+
+    path: str
+    fd: int
+    lock_fd: int
+    header: Header
+    tasks: list[TaskRecord]
+    torn: TornTail | None
+    created: bool
+    #: Ids of tasks found ``running``: a crash interrupted them; they are queued again.
+    interrupted: list[str] = field(default_factory=list)
+
+
+def open_journal(path: str | os.PathLike[str], *, max_concurrent: int) -> Opened:
+    """Lock, replay, and compact a journal, creating it if missing (blocking).
+
+    Tasks found ``running`` are written back as ``queued`` with their priority,
+    ``seq`` and attempt count, since the process running them died.
+
+    Raises:
+        JournalLockedError: Another pool holds the lock.
+        JournalCorruptError: See :func:`load`; the file is not touched.
+        JournalVersionError: See :func:`load`.
+        OSError: The file or its directory cannot be read or written.
+    """
+    path = os.fspath(path)
+    lock_fd = _lock(path)
+    try:
+        loaded = load(path)
+        interrupted: list[str] = []
+        if loaded is None:
+            tasks: list[TaskRecord] = []
+            header = Header(
+                format=FORMAT_VERSION,
+                pool_id=uuid.uuid4().hex,
+                created_at=time.time(),
+                max_concurrent=max_concurrent,
+                submit_counter=0,
+            )
+        else:
+            tasks = []
+            for record in loaded.tasks.values():
+                if record.status is Status.RUNNING:
+                    interrupted.append(record.id)
+                    record = msgspec.structs.replace(record, status=Status.QUEUED, started_at=None)
+                tasks.append(record)
+            counter = max(loaded.header.submit_counter, tasks[-1].seq if tasks else 0)
+            header = msgspec.structs.replace(
+                loaded.header,
+                format=FORMAT_VERSION,
+                max_concurrent=max_concurrent,
+                submit_counter=counter,
+            )
+        compact(path, header, tasks)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+    except BaseException:
+        _unlock(lock_fd)
+        raise
+    return Opened(
+        path=path,
+        fd=fd,
+        lock_fd=lock_fd,
+        header=header,
+        tasks=tasks,
+        torn=None if loaded is None else loaded.torn,
+        created=loaded is None,
+        interrupted=interrupted,
+    )
+
+
+class Batch:
+    """Records that are written and synced together; await it for durability."""
+
+    __slots__ = ("_done", "_error", "buf")
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self._done = anyio.Event()
+        self._error: JournalWriteError | None = None
+
+    def _finish(self, error: JournalWriteError | None) -> None:
+        self._error = error
+        self._done.set()
+
+    async def wait(self) -> None:
+        """Return once every record in the batch is durable.
+
+        Raises:
+            JournalWriteError: The batch, or one before it, failed to write.
+        """
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+
+
+class Journal:
+    """An open journal that appends records with group commit.
+
+    :meth:`append` encodes a record into the pending batch at once; the writer
+    task (:meth:`run`) writes everything pending in one write and one
+    ``fdatasync`` in a thread, then wakes the batch's waiters. Batches are
+    written strictly in order, so a durable batch implies every earlier one is.
+    """
+
+    def __init__(self, opened: Opened) -> None:
+        self.path = opened.path
+        self._fd = opened.fd
+        self._lock_fd = opened.lock_fd
+        self._encoder = msgspec.json.Encoder()
+        self._pending = Batch()
+        self._in_flight: Batch | None = None
+        self._wakeup = anyio.Event()
+        self._limiter = anyio.CapacityLimiter(1)
+        self.error: JournalWriteError | None = None
+        #: Called once, from the writer, when a write or fsync fails.
+        self.on_failure: Callable[[JournalWriteError], None] | None = None
+        #: How many flushes (each one write and one fdatasync) have completed.
+        self.flushes = 0
+
+    def append(self, record: TaskRecord) -> Batch:
+        """Queue ``record`` for the next flush and return the batch to await.
+
+        After a failure the returned batch is already failed. Never blocks.
+        """
+        batch = self._pending
+        if self.error is None:
+            self._encoder.encode_into(record, batch.buf, -1)
+            batch.buf += b"\n"
+            self._wakeup.set()
+        return batch
+
+    def _write(self, data: bytearray) -> None:
+        _write_all(self._fd, data)
+        _sync_data(self._fd)
+
+    async def run(self) -> None:
+        """Flush batches until cancelled or a write fails."""
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = anyio.Event()
+            batch = self._pending
+            self._pending = Batch()
+            self._in_flight = batch
+            try:
+                await anyio.to_thread.run_sync(self._write, batch.buf, limiter=self._limiter)
+            except OSError as exc:
+                self._fail(batch, exc)
+                return
+            self.flushes += 1
+            self._in_flight = None
+            batch._finish(None)
+
+    def _fail(self, batch: Batch, exc: OSError) -> None:
+        error = JournalWriteError(
+            f"writing journal {self.path!r} failed ({exc}); the pool has stopped and "
+            "acknowledged nothing after the failure: reopen the journal to recover",
+            path=self.path,
+        )
+        error.__cause__ = exc
+        self.error = error
+        batch._finish(error)
+        self._pending._finish(error)
+        if self.on_failure is not None:
+            self.on_failure(error)
+
+    async def flush(self) -> None:
+        """Wait until every record appended so far is durable.
+
+        Raises:
+            JournalWriteError: The journal failed.
+        """
+        if self._pending.buf or self.error is not None:
+            await self._pending.wait()
+        elif self._in_flight is not None:
+            await self._in_flight.wait()
+
+    def close(self) -> None:
+        """Close the file and release the lock (blocking)."""
+        try:
+            os.close(self._fd)
+        finally:
+            _unlock(self._lock_fd)

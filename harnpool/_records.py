@@ -1,0 +1,73 @@
+"""The records a journal holds: one tagged union of msgspec Structs.
+
+A journal is JSONL. Its first line is a :class:`Header`; every other line is a
+:class:`TaskRecord`, a full snapshot of one task after a transition, so the
+last record for a task id is that task's state. Fields are never renamed or
+retyped; a new field gets a default, and a change the reader cannot ignore
+bumps :data:`FORMAT_VERSION`.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+__all__ = ["FORMAT_VERSION", "FINISHED", "Header", "Record", "Status", "TaskRecord"]
+
+FORMAT_VERSION = 1
+
+
+class Status(enum.StrEnum):
+    """Where a task is in its life.
+
+    ``queued`` and ``running`` are unfinished; the others are final.
+    """
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+
+
+FINISHED = frozenset({Status.COMPLETED, Status.FAILED, Status.REJECTED, Status.CANCELLED})
+
+
+class Header(msgspec.Struct, tag="header", tag_field="kind", kw_only=True, frozen=True):
+    """The first line of every journal: its format and the pool's metadata."""
+
+    format: int
+    pool_id: str
+    created_at: float
+    max_concurrent: int
+    #: The highest ``seq`` handed out when the journal was last compacted.
+    submit_counter: int
+
+
+class TaskRecord(
+    msgspec.Struct, tag="task", tag_field="kind", kw_only=True, frozen=True, omit_defaults=True
+):
+    """A snapshot of one task, appended at every transition."""
+
+    id: str
+    #: Submission order within the pool; the FIFO tie-break among equal priorities.
+    seq: int
+    status: Status
+    submitted_at: float
+    priority: int = 0
+    key: str | None = None
+    #: The qualified name of the task's function, for people reading the journal.
+    function: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    #: How many times the task has been started, counting runs a crash interrupted.
+    attempts: int = 0
+    #: The JSON the task returned; set only when ``status`` is ``completed``.
+    result: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    error_type: str | None = None
+    error_message: str | None = None
+
+
+Record = Header | TaskRecord
