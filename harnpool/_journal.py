@@ -32,9 +32,15 @@ from ._errors import (
 )
 from ._records import FORMAT_VERSION, Header, Record, Status, TaskRecord
 
-__all__ = ["Batch", "Journal", "Opened", "TornTail", "load", "open_journal"]
+__all__ = ["Batch", "Journal", "Opened", "TornTail", "load", "open_journal", "recover"]
 
-_sync_data: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
+
+def _sync_data(fd: int) -> None:
+    """Make a file's data durable: fdatasync where there is one (Linux), else fsync."""
+    if hasattr(os, "fdatasync"):
+        os.fdatasync(fd)
+    else:  # pragma: no cover - macOS and the BSDs
+        os.fsync(fd)
 
 
 class TornTail(msgspec.Struct, frozen=True, kw_only=True):
@@ -96,7 +102,7 @@ def _replay(path: str, data: bytes) -> Loaded:
         records: list[Record] = _decoder.decode_lines(body)
         fast = isinstance(records[0], Header) if records else False
         fast = fast and not any(isinstance(r, Header) for r in records[1:])
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec: invalid UTF-8 in a string
         fast = False
     if not fast:
         # Find what is wrong, line by line, to name it precisely.
@@ -132,7 +138,7 @@ def _replay_slowly(
             continue
         try:
             record = _decoder.decode(raw)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             last = number == len(lines) and torn is None
             if last and records:
                 return records, TornTail(
@@ -245,6 +251,32 @@ def _unlock(fd: int) -> None:
     os.close(fd)
 
 
+def recover(
+    loaded: Loaded, *, max_concurrent: int | None = None
+) -> tuple[Header, list[TaskRecord], list[str]]:
+    """What opening writes back: the header, the tasks, and the ids found ``running``.
+
+    A task found ``running`` was interrupted by the death of the process that
+    ran it: it goes back to ``queued`` with its priority, ``seq`` and attempts.
+    The submit counter never goes backwards.
+    """
+    tasks: list[TaskRecord] = []
+    interrupted: list[str] = []
+    for record in loaded.tasks.values():
+        if record.status is Status.RUNNING:
+            interrupted.append(record.id)
+            record = msgspec.structs.replace(record, status=Status.QUEUED, started_at=None)
+        tasks.append(record)
+    counter = max(loaded.header.submit_counter, tasks[-1].seq if tasks else 0)
+    header = msgspec.structs.replace(
+        loaded.header,
+        format=FORMAT_VERSION,
+        max_concurrent=loaded.header.max_concurrent if max_concurrent is None else max_concurrent,
+        submit_counter=counter,
+    )
+    return header, tasks, interrupted
+
+
 @dataclass(slots=True)
 class Opened:
     """A journal opened for appending, and what recovery found in it."""
@@ -277,8 +309,8 @@ def open_journal(path: str | os.PathLike[str], *, max_concurrent: int) -> Opened
     try:
         loaded = load(path)
         interrupted: list[str] = []
+        tasks: list[TaskRecord] = []
         if loaded is None:
-            tasks: list[TaskRecord] = []
             header = Header(
                 format=FORMAT_VERSION,
                 pool_id=uuid.uuid4().hex,
@@ -287,19 +319,7 @@ def open_journal(path: str | os.PathLike[str], *, max_concurrent: int) -> Opened
                 submit_counter=0,
             )
         else:
-            tasks = []
-            for record in loaded.tasks.values():
-                if record.status is Status.RUNNING:
-                    interrupted.append(record.id)
-                    record = msgspec.structs.replace(record, status=Status.QUEUED, started_at=None)
-                tasks.append(record)
-            counter = max(loaded.header.submit_counter, tasks[-1].seq if tasks else 0)
-            header = msgspec.structs.replace(
-                loaded.header,
-                format=FORMAT_VERSION,
-                max_concurrent=max_concurrent,
-                submit_counter=counter,
-            )
+            header, tasks, interrupted = recover(loaded, max_concurrent=max_concurrent)
         compact(path, header, tasks)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
     except BaseException:
@@ -395,11 +415,16 @@ class Journal:
             except OSError as exc:
                 self._fail(batch, exc)
                 return
+            except BaseException as exc:
+                # Whatever ends the writer (a bug, a cancellation mid-flush) leaves the
+                # batch's fate unknown: fail it, so no waiter hangs or hears "durable".
+                self._fail(batch, exc)
+                raise
             self.flushes += 1
             self._in_flight = None
             batch._finish(None)
 
-    def _fail(self, batch: Batch, exc: OSError) -> None:
+    def _fail(self, batch: Batch, exc: BaseException) -> None:
         error = JournalWriteError(
             f"writing journal {self.path!r} failed ({exc}); the pool has stopped and "
             "acknowledged nothing after the failure: reopen the journal to recover",
