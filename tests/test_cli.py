@@ -1,0 +1,516 @@
+"""The command-line tool, run on journals written by a real pool and on damaged copies of them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import pytest
+
+import harnpool
+from harnpool._cli import (
+    EXIT_LOCKED,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_TORN,
+    EXIT_UNREADABLE,
+    EXIT_USAGE,
+    main,
+)
+from harnpool._journal import load
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: What the template journal holds: id -> (key, status as written).
+TASKS = {
+    "t1": ("invoice-1", "completed"),
+    "t2": ("invoice-2", "completed"),
+    "t3": ("invoice-3", "completed"),
+    "t4": ("bad-1", "failed"),
+    "t5": ("hang", "running"),
+    "t6": ("later", "queued"),
+}
+TORN_FRAGMENT = b'{"kind":"task","id":"t7","seq":7,"sta'
+
+Run = Callable[..., tuple[int, str, str]]
+
+
+async def square(n: int) -> int:
+    return n * n
+
+
+async def refuse() -> None:
+    raise ValueError("no such customer\n  (id 42)")
+
+
+class _Stop(Exception):
+    pass
+
+
+async def _write_template(path: Path) -> None:
+    """Three completed tasks and a failed one; then one left running and one queued."""
+    async with harnpool.open_pool(path, max_concurrent=2) as pool:
+        ids = [await pool.submit(square, n, key=f"invoice-{n}") for n in (1, 2, 3)]
+        failing = await pool.submit(refuse, key="bad-1")
+        for task_id in ids:
+            await pool.wait(task_id)
+        with pytest.raises(harnpool.TaskFailed):
+            await pool.wait(failing)
+    started = anyio.Event()
+
+    async def hang() -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    # Leaving by an exception keeps the hanging task "running" in the journal, as a crash would.
+    with pytest.raises(_Stop):
+        async with harnpool.open_pool(path) as pool:
+            await pool.submit(hang, key="hang", priority=5)
+            await pool.submit(square, 99, key="later")
+            with anyio.fail_after(10):
+                await started.wait()
+            raise _Stop
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "template.jsonl"
+    anyio.run(_write_template, path)
+    loaded = load(path)
+    assert loaded is not None
+    assert {i: (r.key, r.status.value) for i, r in loaded.tasks.items()} == TASKS
+    return path
+
+
+@pytest.fixture
+def journal(template: Path, tmp_path: Path) -> Path:
+    """A fresh copy of the template journal, alone in its directory."""
+    path = tmp_path / "pool.jsonl"
+    shutil.copyfile(template, path)
+    return path
+
+
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str]) -> Run:
+    """Run ``main`` with these arguments; return the exit code, stdout and stderr."""
+
+    def run(*argv: str | os.PathLike[str]) -> tuple[int, str, str]:
+        code = main([os.fspath(a) for a in argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def lines(path: Path) -> list[bytes]:
+    return path.read_bytes().split(b"\n")[:-1]
+
+
+def line_offset(path: Path, number: int) -> int:
+    return sum(len(line) + 1 for line in lines(path)[: number - 1])
+
+
+def tear(path: Path) -> int:
+    """Append half a record, as a crash mid-write leaves it; return where it starts."""
+    offset = path.stat().st_size
+    with path.open("ab") as f:
+        f.write(TORN_FRAGMENT)
+    return offset
+
+
+def corrupt(path: Path, number: int) -> int:
+    """Put an invalid byte into line ``number``; return the line's offset."""
+    content = lines(path)
+    line = content[number - 1]
+    content[number - 1] = line[:20] + b"\xff" + line[21:]
+    path.write_bytes(b"".join(line + b"\n" for line in content))
+    return line_offset(path, number)
+
+
+def drop_header(path: Path) -> None:
+    path.write_bytes(b"".join(line + b"\n" for line in lines(path)[1:]))
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def assert_one_line_error(err: str, *fragments: str) -> None:
+    assert err.count("\n") == 1, err
+    assert err.startswith("harnpool: ")
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+
+
+class TestInspect:
+    def test_table_shows_every_task(self, run: Run, journal: Path) -> None:
+        code, out, err = run("inspect", journal)
+        assert (code, err) == (EXIT_OK, "")
+        rows = out.splitlines()
+        assert rows[0].split() == [
+            *("ID", "KEY", "PRIORITY", "STATUS", "ATTEMPTS"),
+            *("SUBMITTED", "STARTED", "FINISHED", "ERROR"),
+        ]
+        for task_id, (key, status) in TASKS.items():
+            (row,) = [r for r in rows if r.startswith(f"{task_id} ")]
+            assert row.split()[1:4] == [key, "5" if key == "hang" else "0", status]
+        (failed,) = [r for r in rows if r.startswith("t4 ")]
+        # The message is on one line, whitespace collapsed.
+        assert failed.endswith("ValueError: no such customer (id 42)")
+
+    def test_json_prints_one_object_per_task_with_stable_fields(
+        self, run: Run, journal: Path
+    ) -> None:
+        code, out, _ = run("inspect", "--json", journal)
+        assert code == EXIT_OK
+        tasks = json.loads(out)
+        assert [t["id"] for t in tasks] == list(TASKS)
+        assert len(out.splitlines()) == len(TASKS) + 2  # "[", one line per task, "]"
+        for task in tasks:
+            assert list(task) == [
+                *("id", "key", "priority", "seq", "status", "function", "attempts"),
+                *("submitted_at", "started_at", "finished_at", "error_type", "error_message"),
+                "result",
+            ]
+            assert (task["key"], task["status"]) == TASKS[task["id"]]
+            assert isinstance(task["submitted_at"], float)
+        by_id = {t["id"]: t for t in tasks}
+        assert [by_id[i]["result"] for i in ("t1", "t2", "t3")] == [1, 4, 9]
+        assert by_id["t4"]["error_type"] == "builtins.ValueError"
+        assert by_id["t4"]["error_message"] == "no such customer\n  (id 42)"
+        assert by_id["t4"]["result"] is None
+        assert by_id["t5"]["finished_at"] is None
+        assert by_id["t5"]["attempts"] == 1
+        assert by_id["t6"]["started_at"] is None
+        assert by_id["t1"]["function"] == f"{__name__}.square"
+
+    @pytest.mark.parametrize(
+        ("filters", "expected"),
+        [
+            (["--status", "failed"], ["t4"]),
+            (["--status", "queued", "--status", "running"], ["t5", "t6"]),
+            (["--key", "invoice-*"], ["t1", "t2", "t3"]),
+            (["--key", "invoice-2"], ["t2"]),
+            (["--key", "invoice-?", "--status", "completed"], ["t1", "t2", "t3"]),
+            (["--key", "invoice-*", "--status", "failed"], []),
+        ],
+    )
+    def test_filters_by_status_and_key(
+        self, run: Run, journal: Path, filters: list[str], expected: list[str]
+    ) -> None:
+        code, out, _ = run("inspect", "--json", *filters, journal)
+        assert code == EXIT_OK
+        assert [t["id"] for t in json.loads(out)] == expected
+        code, out, _ = run("inspect", *filters, journal)
+        assert code == EXIT_OK
+        shown = [row.split()[0] for row in out.splitlines()[1:] if row.startswith("t")]
+        assert shown == expected
+        if not expected:
+            assert "no tasks match" in out
+
+    def test_torn_tail_is_reported_on_stderr_and_the_rest_shown(
+        self, run: Run, journal: Path
+    ) -> None:
+        offset = tear(journal)
+        code, out, err = run("inspect", "--json", journal)
+        assert code == EXIT_OK
+        assert [t["id"] for t in json.loads(out)] == list(TASKS)
+        assert_one_line_error(
+            err, str(journal), "line 9", f"byte offset {offset}", f"{len(TORN_FRAGMENT)} bytes"
+        )
+
+    def test_unknown_status_is_a_usage_error(self, run: Run, journal: Path) -> None:
+        code, _, err = run("inspect", "--status", "sleeping", journal)
+        assert code == EXIT_USAGE
+        assert "invalid choice: 'sleeping'" in err
+
+
+class TestVerify:
+    def test_sound_journal_exits_0_with_a_summary(self, run: Run, journal: Path) -> None:
+        code, out, err = run("verify", journal)
+        assert (code, err) == (EXIT_OK, "")
+        assert out.count("\n") == 1
+        assert "ok" in out
+        assert "6 tasks (queued 1, running 1, completed 3, failed 1)" in out
+
+    def test_torn_tail_exits_1_naming_line_offset_and_length(self, run: Run, journal: Path) -> None:
+        offset = tear(journal)
+        code, out, _ = run("verify", journal)
+        assert code == EXIT_TORN
+        assert f"line 9, byte offset {offset}, {len(TORN_FRAGMENT)} bytes" in out
+        assert "6 tasks" in out
+
+    def test_corrupt_middle_line_exits_2_naming_path_line_and_offset(
+        self, run: Run, journal: Path
+    ) -> None:
+        offset = corrupt(journal, 3)
+        code, out, err = run("verify", journal)
+        assert (code, out) == (EXIT_UNREADABLE, "")
+        assert_one_line_error(err, repr(str(journal)), "line 3", f"byte offset {offset}")
+
+    def test_invalid_utf8_in_a_middle_line_exits_2_naming_line_and_offset(
+        self, run: Run, journal: Path
+    ) -> None:
+        offset = line_offset(journal, 3)
+        journal.write_bytes(journal.read_bytes().replace(b'"id":"t2"', b'"id":"t\xff2"'))
+        code, _, err = run("verify", journal)
+        assert code == EXIT_UNREADABLE
+        assert_one_line_error(err, str(journal), "line 3", f"byte offset {offset}", "utf-8")
+        new = journal.with_name("salvaged.jsonl")
+        code, out, _ = run("salvage", journal, "-o", new)
+        assert code == EXIT_OK
+        assert f"dropped line 3 (byte offset {offset}, " in out
+
+    def test_core_load_names_invalid_utf8_as_corruption(self, journal: Path) -> None:
+        journal.write_bytes(journal.read_bytes().replace(b'"id":"t2"', b'"id":"t\xff2"'))
+        with pytest.raises(harnpool.JournalCorruptError) as caught:
+            load(journal)
+        assert (caught.value.line, caught.value.offset) == (3, line_offset(journal, 3))
+
+    def test_missing_header_exits_2(self, run: Run, journal: Path) -> None:
+        drop_header(journal)
+        code, _, err = run("verify", journal)
+        assert code == EXIT_UNREADABLE
+        assert_one_line_error(err, str(journal), "line 1", "not a header")
+
+    def test_missing_file_exits_2(self, run: Run, tmp_path: Path) -> None:
+        code, _, err = run("verify", tmp_path / "absent.jsonl")
+        assert code == EXIT_UNREADABLE
+        assert_one_line_error(err, "absent.jsonl", "does not exist")
+        assert list(tmp_path.iterdir()) == []
+
+    def test_newer_format_exits_2(self, run: Run, journal: Path) -> None:
+        content = journal.read_bytes()
+        journal.write_bytes(content.replace(b'"format":1,', b'"format":99,', 1))
+        code, _, err = run("verify", journal)
+        assert code == EXIT_UNREADABLE
+        assert_one_line_error(err, str(journal), "format 99")
+
+    @pytest.mark.parametrize("damage", ["none", "torn", "corrupt"])
+    def test_verify_and_inspect_change_nothing(self, run: Run, journal: Path, damage: str) -> None:
+        if damage == "torn":
+            tear(journal)
+        elif damage == "corrupt":
+            corrupt(journal, 4)
+        before = snapshot(journal.parent)
+        run("verify", journal)
+        run("inspect", journal)
+        run("inspect", "--json", journal)
+        assert snapshot(journal.parent) == before  # no lock file, no rewrite
+
+
+class TestCompact:
+    async def test_does_what_opening_a_pool_does(self, run: Run, journal: Path) -> None:
+        tear(journal)
+        by_pool = journal.with_name("by-pool.jsonl")
+        shutil.copyfile(journal, by_pool)
+        before = journal.stat().st_size
+        code, out, err = await anyio.to_thread.run_sync(run, "compact", journal)
+        assert (code, err) == (EXIT_OK, "")
+        async with harnpool.open_pool(by_pool) as pool:
+            assert pool.recovery.requeued == ("t5",)
+        assert journal.read_bytes() == by_pool.read_bytes()
+        after = journal.stat().st_size
+        assert f"{before} -> {after} bytes, 9 -> 7 lines" in out
+        assert "queued again" in out
+        assert "t5" in out
+        assert "torn tail at line 9" in out
+        assert not journal.with_name("pool.jsonl.compact").exists()
+        code, out, _ = await anyio.to_thread.run_sync(run, "verify", journal)
+        assert code == EXIT_OK
+        assert "6 tasks (queued 2, completed 3, failed 1), 7 lines" in out
+
+    def test_missing_journal_exits_2_and_creates_nothing(self, run: Run, tmp_path: Path) -> None:
+        code, _, err = run("compact", tmp_path / "absent.jsonl")
+        assert code == EXIT_UNREADABLE
+        assert_one_line_error(err, "absent.jsonl", "does not exist")
+        assert list(tmp_path.iterdir()) == []
+
+    def test_corrupt_journal_exits_2_and_is_left_untouched(self, run: Run, journal: Path) -> None:
+        offset = corrupt(journal, 5)
+        before = journal.read_bytes()
+        code, _, err = run("compact", journal)
+        assert code == EXIT_UNREADABLE
+        assert_one_line_error(err, "line 5", f"byte offset {offset}")
+        assert journal.read_bytes() == before
+
+
+class TestSalvage:
+    async def test_corrupt_middle_line_is_dropped_and_the_rest_reopens(
+        self, run: Run, journal: Path
+    ) -> None:
+        offset = corrupt(journal, 3)  # t2's only record
+        original = journal.read_bytes()
+        new = journal.with_name("salvaged.jsonl")
+        code, out, err = await anyio.to_thread.run_sync(run, "salvage", journal, "--output", new)
+        assert (code, err) == (EXIT_OK, "")
+        assert f"dropped line 3 (byte offset {offset}, {len(lines(journal)[2]) + 1} bytes)" in out
+        assert "kept 7 of 8 lines" in out
+        assert journal.read_bytes() == original
+        assert lines(new) == [line for n, line in enumerate(lines(journal), 1) if n != 3]
+        async with harnpool.open_pool(new) as pool:
+            statuses = {info.id: info.status.value for info in pool.tasks()}
+            assert await pool.wait("t1") == 1
+        expected = {i: s for i, (_, s) in TASKS.items() if i != "t2"}
+        assert statuses == {**expected, "t5": "queued"}  # opening requeues the running task
+
+    async def test_missing_header_is_synthesised_and_says_so(self, run: Run, journal: Path) -> None:
+        drop_header(journal)
+        original = journal.read_bytes()
+        new = journal.with_name("salvaged.jsonl")
+        code, out, _ = await anyio.to_thread.run_sync(run, "salvage", journal, "-o", new)
+        assert code == EXIT_OK
+        assert "no decodable header: wrote a new one" in out
+        assert "submit counter 6" in out
+        assert "dropped nothing" in out
+        assert journal.read_bytes() == original
+        async with harnpool.open_pool(new) as pool:
+            assert [info.id for info in pool.tasks()] == list(TASKS)
+            # The counter was carried over: a new task does not reuse a kept id.
+            assert await pool.submit(square, 7, key="new") == "t7"
+
+    def test_torn_tail_and_second_header_are_dropped(self, run: Run, journal: Path) -> None:
+        content = lines(journal)
+        second_header_offset = line_offset(journal, 5)
+        journal.write_bytes(b"".join(line + b"\n" for line in [*content[:4], content[0]]))
+        with journal.open("ab") as f:
+            f.write(b"".join(line + b"\n" for line in content[4:]))
+        torn_offset = tear(journal)
+        new = journal.with_name("salvaged.jsonl")
+        code, out, _ = run("salvage", journal, "-o", new)
+        assert code == EXIT_OK
+        assert f"dropped line 5 (byte offset {second_header_offset}, " in out
+        assert "a second header" in out
+        assert f"dropped line 10 (byte offset {torn_offset}, {len(TORN_FRAGMENT)} bytes)" in out
+        code, out, _ = run("verify", new)
+        assert code == EXIT_OK
+        assert "6 tasks" in out
+
+    def test_sound_journal_is_copied_whole(self, run: Run, journal: Path) -> None:
+        new = journal.with_name("copy.jsonl")
+        code, out, _ = run("salvage", journal, "-o", new)
+        assert code == EXIT_OK
+        assert "dropped nothing" in out
+        assert new.read_bytes() == journal.read_bytes()
+
+    def test_existing_output_is_refused_unless_forced(self, run: Run, journal: Path) -> None:
+        new = journal.with_name("salvaged.jsonl")
+        new.write_bytes(b"precious\n")
+        code, out, err = run("salvage", journal, "-o", new)
+        assert (code, out) == (EXIT_REFUSED, "")
+        assert_one_line_error(err, str(new), "--force")
+        assert new.read_bytes() == b"precious\n"
+        code, _, _ = run("salvage", journal, "-o", new, "--force")
+        assert code == EXIT_OK
+        assert new.read_bytes() == journal.read_bytes()
+
+    def test_output_may_not_be_the_journal(self, run: Run, journal: Path) -> None:
+        tear(journal)
+        original = journal.read_bytes()
+        code, _, err = run("salvage", journal, "-o", journal, "--force")
+        assert code == EXIT_REFUSED
+        assert_one_line_error(err, "the journal itself")
+        assert journal.read_bytes() == original
+
+    def test_missing_journal_exits_2(self, run: Run, tmp_path: Path) -> None:
+        code, _, err = run("salvage", tmp_path / "absent.jsonl", "-o", tmp_path / "new.jsonl")
+        assert code == EXIT_UNREADABLE
+        assert_one_line_error(err, "absent.jsonl", "does not exist")
+        assert list(tmp_path.iterdir()) == []
+
+
+class TestWhileAPoolIsOpen:
+    async def test_inspect_and_verify_read_a_snapshot(self, run: Run, journal: Path) -> None:
+        async with harnpool.open_pool(journal) as pool:
+            await pool.submit(square, 5, key="invoice-5")
+            code, out, _ = await anyio.to_thread.run_sync(run, "inspect", "--json", journal)
+            assert code == EXIT_OK
+            assert [t["key"] for t in json.loads(out)][-1] == "invoice-5"
+            code, out, _ = await anyio.to_thread.run_sync(run, "verify", journal)
+            assert code == EXIT_OK
+            assert "7 tasks" in out
+
+    async def test_compact_and_salvage_are_refused_naming_the_holder(
+        self, run: Run, journal: Path
+    ) -> None:
+        new = journal.with_name("salvaged.jsonl")
+        async with harnpool.open_pool(journal):
+            before = journal.read_bytes()
+            code, out, err = await anyio.to_thread.run_sync(run, "compact", journal)
+            assert (code, out) == (EXIT_LOCKED, "")
+            assert_one_line_error(err, str(journal), f"process {os.getpid()}")
+            code, out, err = await anyio.to_thread.run_sync(run, "salvage", journal, "-o", new)
+            assert (code, out) == (EXIT_LOCKED, "")
+            assert_one_line_error(err, str(journal), f"process {os.getpid()}")
+            assert journal.read_bytes() == before
+            assert not new.exists()
+
+    async def test_another_process_is_refused_and_can_verify(self, journal: Path) -> None:
+        command = [sys.executable, "-m", "harnpool"]
+        async with harnpool.open_pool(journal):
+            before = journal.read_bytes()
+            refused = await anyio.run_process([*command, "compact", journal], check=False)
+            verified = await anyio.run_process([*command, "verify", journal], check=False)
+            assert journal.read_bytes() == before
+        assert refused.returncode == EXIT_LOCKED
+        assert f"locked by process {os.getpid()}" in refused.stderr.decode()
+        assert refused.stderr.decode().count("\n") == 1
+        assert verified.returncode == EXIT_OK
+        assert "6 tasks" in verified.stdout.decode()
+
+
+class TestCommandLine:
+    def test_help_documents_every_exit_code(self, run: Run) -> None:
+        code, out, _ = run("--help")
+        assert code == EXIT_OK
+        for command in ("inspect", "verify", "compact", "salvage"):
+            assert command in out
+        for exit_code in (EXIT_OK, EXIT_TORN, EXIT_UNREADABLE, EXIT_LOCKED, EXIT_REFUSED, 5):
+            assert f"\n  {exit_code}   " in out
+        for exit_code in (EXIT_USAGE, 70):
+            assert f"\n  {exit_code}  " in out
+
+    @pytest.mark.parametrize(
+        "argv", [[], ["inspect"], ["frobnicate", "x"], ["salvage", "x"], ["verify", "--bogus"]]
+    )
+    def test_usage_errors_exit_64(self, run: Run, argv: list[str]) -> None:
+        code, out, err = run(*argv)
+        assert (code, out) == (EXIT_USAGE, "")
+        assert "usage: harnpool" in err
+
+    def test_unexpected_error_is_one_line_with_its_own_code(
+        self, run: Run, journal: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        def broken(path: object) -> None:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr("harnpool._cli.load", broken)
+        code, _, err = run("inspect", journal)
+        assert code == 70
+        assert_one_line_error(err, str(journal), "builtins.RuntimeError: a bug")
+
+    def test_unreadable_file_is_an_os_error(self, run: Run, tmp_path: Path) -> None:
+        code, _, err = run("verify", tmp_path)  # a directory
+        assert code == 5
+        assert_one_line_error(err, str(tmp_path))
+
+
+def test_example_runs(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "02_inspect_journal.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "$ harnpool inspect" in result.stdout
+    assert "$ harnpool salvage" in result.stdout
+    assert result.stdout.rstrip().endswith("OK")
