@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -500,17 +499,3 @@ class TestCommandLine:
         code, _, err = run("verify", tmp_path)  # a directory
         assert code == 5
         assert_one_line_error(err, str(tmp_path))
-
-
-def test_example_runs(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "02_inspect_journal.py"), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "$ harnpool inspect" in result.stdout
-    assert "$ harnpool salvage" in result.stdout
-    assert result.stdout.rstrip().endswith("OK")

@@ -1,0 +1,40 @@
+"""Every example runs to its end and says OK."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+# What each example must print besides its final "OK", so a silently shortened run fails.
+EXPECTED = {
+    "01_crash_resume.py": [
+        "killed with SIGKILL",
+        "interrupted while running",
+        "resumed: 12 results",
+    ],
+    "02_inspect_journal.py": ["$ harnpool inspect", "$ harnpool salvage", "$ harnpool compact"],
+}
+
+
+def test_every_example_has_expectations() -> None:
+    assert sorted(p.name for p in EXAMPLES.glob("[0-9]*.py")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_example_runs(name: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for text in EXPECTED[name]:
+        assert text in result.stdout, text
+    assert result.stdout.rstrip().splitlines()[-1].startswith("OK")
