@@ -1,23 +1,33 @@
 """harnpool: an asyncio task pool whose every transition is journaled to disk."""
 
 from ._errors import (
+    ArgumentsNotEncodableError,
     HarnpoolError,
     JournalCorruptError,
     JournalError,
     JournalLockedError,
     JournalVersionError,
     JournalWriteError,
+    NotEncodableError,
     PoolClosedError,
+    QueueFull,
     ResultNotEncodableError,
+    TaskCancelled,
+    TaskError,
     TaskFailed,
+    TaskRejected,
     UnknownTaskError,
+    WaitTimeout,
 )
 from ._info import PoolStatistics, RecoveryReport, TaskInfo
 from ._journal import TornTail
-from ._pool import Job, Pool, open_pool
+from ._pool import Job, OnFull, Pool, open_pool
+from ._queue import Strategy
 from ._records import Status
+from ._registry import task
 
 __all__ = [
+    "ArgumentsNotEncodableError",
     "HarnpoolError",
     "Job",
     "JournalCorruptError",
@@ -25,24 +35,34 @@ __all__ = [
     "JournalLockedError",
     "JournalVersionError",
     "JournalWriteError",
+    "NotEncodableError",
+    "OnFull",
     "Pool",
     "PoolClosedError",
     "PoolStatistics",
+    "QueueFull",
     "RecoveryReport",
     "ResultNotEncodableError",
     "Status",
+    "Strategy",
+    "TaskCancelled",
+    "TaskError",
     "TaskFailed",
     "TaskInfo",
+    "TaskRejected",
     "TornTail",
     "UnknownTaskError",
+    "WaitTimeout",
     "open_pool",
+    "task",
 ]
 
 __version__ = "0.1.0"
 
 # Objects present themselves as harnpool's, the package users import from.
+_FunctionType = type(open_pool)
 for _name in __all__:
     _obj = globals()[_name]
-    if hasattr(_obj, "__module__"):
+    if isinstance(_obj, type | _FunctionType):
         _obj.__module__ = __name__
-del _name, _obj
+del _name, _obj, _FunctionType

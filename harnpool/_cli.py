@@ -243,7 +243,7 @@ def _compact(args: argparse.Namespace) -> int:
     try:
         before = os.stat(path).st_size
         loaded = _load(path)
-        header, tasks, requeued = recover(loaded)
+        header, tasks, requeued, _ = recover(loaded)
         compact(path, header, tasks)
         after = os.stat(path).st_size
     finally:

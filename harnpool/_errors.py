@@ -10,9 +10,16 @@ catch a builtin, the error subclasses it too::
     │   ├── JournalVersionError                a newer harnpool wrote the journal
     │   └── JournalWriteError (OSError)        a write or fsync failed: the pool has stopped
     ├── PoolClosedError (RuntimeError)         the pool was used after it closed
+    ├── QueueFull                              max_queued reached with on_full="reject"
     ├── UnknownTaskError (KeyError)            no task has that id
-    ├── ResultNotEncodableError (TypeError)    a task's result cannot be stored as JSON
-    └── TaskFailed                             the task's function raised: type and message
+    ├── NotEncodableError (TypeError)          a value cannot be stored as JSON
+    │   ├── ArgumentsNotEncodableError         a registered task's arguments, refused at submit
+    │   └── ResultNotEncodableError            a task's result: the task fails
+    ├── WaitTimeout (TimeoutError)             wait(timeout=...) ran out; the task goes on
+    └── TaskError                              the task ended without a result: task_id, key
+        ├── TaskFailed                         its function raised: type and message
+        ├── TaskCancelled                      it was cancelled
+        └── TaskRejected                       the full queue dropped it: reason
 """
 
 from __future__ import annotations
@@ -26,10 +33,17 @@ __all__ = [
     "JournalLockedError",
     "JournalVersionError",
     "JournalWriteError",
+    "ArgumentsNotEncodableError",
+    "NotEncodableError",
     "PoolClosedError",
+    "QueueFull",
     "ResultNotEncodableError",
+    "TaskCancelled",
+    "TaskError",
     "TaskFailed",
+    "TaskRejected",
     "UnknownTaskError",
+    "WaitTimeout",
 ]
 
 
@@ -136,15 +150,60 @@ class UnknownTaskError(HarnpoolError, KeyError):
         return f"no task with id {self.task_id!r} in this pool"
 
 
-class ResultNotEncodableError(HarnpoolError, TypeError):
+class QueueFull(HarnpoolError):
+    """The pool holds ``max_queued`` queued tasks and ``on_full`` is ``"reject"``.
+
+    Nothing was written for the refused task.
+    """
+
+
+class WaitTimeout(HarnpoolError, TimeoutError):
+    """``wait(timeout=...)`` ran out before the task finished; the task goes on.
+
+    Attributes:
+        task_id: The task waited for.
+    """
+
+    def __init__(self, task_id: str, timeout: float) -> None:
+        super().__init__(f"task {task_id} did not finish within {timeout} seconds")
+        self.task_id = task_id
+
+
+class NotEncodableError(HarnpoolError, TypeError):
+    """A value cannot be stored as JSON by msgspec."""
+
+
+class ArgumentsNotEncodableError(NotEncodableError):
+    """A registered task's arguments cannot be stored; nothing was submitted."""
+
+
+class ResultNotEncodableError(NotEncodableError):
     """A task returned a value msgspec cannot encode as JSON.
 
     The task is recorded as failed with this error's type and message.
     """
 
 
-class TaskFailed(HarnpoolError):
-    """A task's function raised; the task is recorded as failed.
+def _named(task_id: str, key: str | None) -> str:
+    return task_id if key is None else f"{task_id} (key {key!r})"
+
+
+class TaskError(HarnpoolError):
+    """A task ended without a result.
+
+    Attributes:
+        task_id: The task's id.
+        key: The task's idempotency key, if any.
+    """
+
+    def __init__(self, message: str, *, task_id: str, key: str | None) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+        self.key = key
+
+
+class TaskFailed(TaskError):
+    """A task's function raised (on its last attempt); the task is recorded as failed.
 
     When the failure happened in this process the original exception is the
     ``__cause__``; after a restart only its type and message are known.
@@ -159,9 +218,31 @@ class TaskFailed(HarnpoolError):
     def __init__(
         self, *, task_id: str, key: str | None, error_type: str, error_message: str
     ) -> None:
-        named = task_id if key is None else f"{task_id} (key {key!r})"
-        super().__init__(f"task {named} failed: {error_type}: {error_message}")
-        self.task_id = task_id
-        self.key = key
+        super().__init__(
+            f"task {_named(task_id, key)} failed: {error_type}: {error_message}",
+            task_id=task_id,
+            key=key,
+        )
         self.error_type = error_type
         self.error_message = error_message
+
+
+class TaskCancelled(TaskError):
+    """The task was cancelled with ``Pool.cancel`` before it finished."""
+
+    def __init__(self, *, task_id: str, key: str | None) -> None:
+        super().__init__(f"task {_named(task_id, key)} was cancelled", task_id=task_id, key=key)
+
+
+class TaskRejected(TaskError):
+    """The pool's full queue dropped the task (``on_full`` ``drop_oldest``/``drop_newest``).
+
+    Attributes:
+        reason: ``"drop_oldest_queue_full"`` or ``"drop_newest_queue_full"``.
+    """
+
+    def __init__(self, *, task_id: str, key: str | None, reason: str) -> None:
+        super().__init__(
+            f"task {_named(task_id, key)} was rejected: {reason}", task_id=task_id, key=key
+        )
+        self.reason = reason

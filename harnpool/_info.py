@@ -29,8 +29,16 @@ class TaskInfo(msgspec.Struct, frozen=True, kw_only=True):
         submitted_at: When it was first submitted.
         started_at: When its latest run started, if it is running or finished.
         finished_at: When it finished, if it has.
-        error_type: For a failed task, the exception's qualified type name.
-        error_message: For a failed task, ``str()`` of the exception.
+        error_type: For a failed task, the exception's qualified type name;
+            while a retry is pending, that of the attempt that failed.
+        error_message: ``str()`` of that exception.
+        name: The registered name of the task's function (``harnpool.task``);
+            such a task resumes on its own when its pool is reopened.
+        group: The label the ``fair`` strategy round-robins between.
+        retries: How many failed attempts may be retried.
+        timeout: Seconds an attempt may take.
+        not_before: When a pending retry becomes due.
+        reason: Why the task was rejected or cancelled.
     """
 
     id: str
@@ -46,13 +54,21 @@ class TaskInfo(msgspec.Struct, frozen=True, kw_only=True):
     finished_at: float | None
     error_type: str | None
     error_message: str | None
+    name: str | None
+    group: str | None
+    retries: int
+    timeout: float | None
+    not_before: float | None
+    reason: str | None
 
 
 class PoolStatistics(msgspec.Struct, frozen=True, kw_only=True):
     """Counts of a pool's tasks by status, and its limit.
 
     Attributes:
+        strategy: The ready queue's order.
         max_concurrent: How many tasks may run at once.
+        max_queued: How many tasks may be queued, or None for no bound.
         queued: Tasks waiting to run, attached or not.
         running: Tasks running now.
         completed: Tasks that returned a result.
@@ -64,7 +80,9 @@ class PoolStatistics(msgspec.Struct, frozen=True, kw_only=True):
         flushes: Journal flushes (one write and one fdatasync each) since open.
     """
 
+    strategy: str
     max_concurrent: int
+    max_queued: int | None
     queued: int
     running: int
     completed: int
@@ -86,6 +104,11 @@ class RecoveryReport(msgspec.Struct, frozen=True, kw_only=True):
             queued again at their original place.
         queued: How many tasks were waiting to run, ``requeued`` included.
         finished: How many tasks had finished (any final status).
+        resumed: Ids of unfinished tasks whose registered function was found,
+            so they run without being submitted again.
+        unresolved: Ids of unfinished registered tasks whose function is not
+            registered in this process; they wait to be re-attached.
+        dropped_finished: Finished tasks retention removed from the journal.
         torn_tail: The incomplete last line that was skipped, if any.
     """
 
@@ -95,4 +118,7 @@ class RecoveryReport(msgspec.Struct, frozen=True, kw_only=True):
     requeued: tuple[str, ...]
     queued: int
     finished: int
+    resumed: tuple[str, ...]
+    unresolved: tuple[str, ...]
+    dropped_finished: int
     torn_tail: TornTail | None

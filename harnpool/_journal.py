@@ -30,7 +30,7 @@ from ._errors import (
     JournalVersionError,
     JournalWriteError,
 )
-from ._records import FORMAT_VERSION, Header, Record, Status, TaskRecord
+from ._records import FINISHED, FORMAT_VERSION, Header, Record, Status, TaskRecord
 
 __all__ = ["Batch", "Journal", "Opened", "TornTail", "load", "open_journal", "recover"]
 
@@ -252,13 +252,22 @@ def _unlock(fd: int) -> None:
 
 
 def recover(
-    loaded: Loaded, *, max_concurrent: int | None = None
-) -> tuple[Header, list[TaskRecord], list[str]]:
-    """What opening writes back: the header, the tasks, and the ids found ``running``.
+    loaded: Loaded,
+    *,
+    max_concurrent: int | None = None,
+    strategy: str | None = None,
+    keep_finished: int | None = None,
+    keep_finished_for: float | None = None,
+    now: float | None = None,
+) -> tuple[Header, list[TaskRecord], list[str], int]:
+    """What opening writes back: the header, the tasks, the ids found ``running``,
+    and how many finished tasks retention dropped.
 
     A task found ``running`` was interrupted by the death of the process that
     ran it: it goes back to ``queued`` with its priority, ``seq`` and attempts.
-    The submit counter never goes backwards.
+    Finished tasks beyond the newest ``keep_finished``, or finished more than
+    ``keep_finished_for`` seconds ago, are dropped (None keeps them all). The
+    submit counter never goes backwards.
     """
     tasks: list[TaskRecord] = []
     interrupted: list[str] = []
@@ -268,13 +277,29 @@ def recover(
             record = msgspec.structs.replace(record, status=Status.QUEUED, started_at=None)
         tasks.append(record)
     counter = max(loaded.header.submit_counter, tasks[-1].seq if tasks else 0)
+    dropped = 0
+    if keep_finished is not None or keep_finished_for is not None:
+        finished = sorted(
+            (r for r in tasks if r.status in FINISHED),
+            key=lambda r: (r.finished_at or 0.0, r.seq),
+            reverse=True,
+        )
+        keep = finished if keep_finished is None else finished[:keep_finished]
+        if keep_finished_for is not None:
+            cutoff = (time.time() if now is None else now) - keep_finished_for
+            keep = [r for r in keep if (r.finished_at or 0.0) >= cutoff]
+        kept = {r.id for r in keep}
+        before = len(tasks)
+        tasks = [r for r in tasks if r.status not in FINISHED or r.id in kept]
+        dropped = before - len(tasks)
     header = msgspec.structs.replace(
         loaded.header,
         format=FORMAT_VERSION,
         max_concurrent=loaded.header.max_concurrent if max_concurrent is None else max_concurrent,
+        strategy=loaded.header.strategy if strategy is None else strategy,
         submit_counter=counter,
     )
-    return header, tasks, interrupted
+    return header, tasks, interrupted, dropped
 
 
 @dataclass(slots=True)
@@ -290,13 +315,25 @@ class Opened:
     created: bool
     #: Ids of tasks found ``running``: a crash interrupted them; they are queued again.
     interrupted: list[str] = field(default_factory=list)
+    #: How many finished tasks retention dropped.
+    dropped: int = 0
+    #: The strategy the journal was last opened with (before this open).
+    previous_strategy: str | None = None
 
 
-def open_journal(path: str | os.PathLike[str], *, max_concurrent: int) -> Opened:
+def open_journal(
+    path: str | os.PathLike[str],
+    *,
+    max_concurrent: int,
+    strategy: str = "priority",
+    keep_finished: int | None = None,
+    keep_finished_for: float | None = None,
+) -> Opened:
     """Lock, replay, and compact a journal, creating it if missing (blocking).
 
     Tasks found ``running`` are written back as ``queued`` with their priority,
-    ``seq`` and attempt count, since the process running them died.
+    ``seq`` and attempt count, since the process running them died. See
+    :func:`recover` for retention.
 
     Raises:
         JournalLockedError: Another pool holds the lock.
@@ -310,6 +347,7 @@ def open_journal(path: str | os.PathLike[str], *, max_concurrent: int) -> Opened
         loaded = load(path)
         interrupted: list[str] = []
         tasks: list[TaskRecord] = []
+        dropped = 0
         if loaded is None:
             header = Header(
                 format=FORMAT_VERSION,
@@ -317,9 +355,16 @@ def open_journal(path: str | os.PathLike[str], *, max_concurrent: int) -> Opened
                 created_at=time.time(),
                 max_concurrent=max_concurrent,
                 submit_counter=0,
+                strategy=strategy,
             )
         else:
-            header, tasks, interrupted = recover(loaded, max_concurrent=max_concurrent)
+            header, tasks, interrupted, dropped = recover(
+                loaded,
+                max_concurrent=max_concurrent,
+                strategy=strategy,
+                keep_finished=keep_finished,
+                keep_finished_for=keep_finished_for,
+            )
         compact(path, header, tasks)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
     except BaseException:
@@ -334,6 +379,8 @@ def open_journal(path: str | os.PathLike[str], *, max_concurrent: int) -> Opened
         torn=None if loaded is None else loaded.torn,
         created=loaded is None,
         interrupted=interrupted,
+        dropped=dropped,
+        previous_strategy=None if loaded is None else loaded.header.strategy,
     )
 
 

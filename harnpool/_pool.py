@@ -1,44 +1,52 @@
-"""The pool: submit, dedupe by key, run on fixed workers, wait, recover."""
+"""The pool: submit, dedupe by key, run on fixed workers, retry, cancel, wait, recover."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import inspect
+import math
 import os
+import random
 import time
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import anyio
 import msgspec
-import structlog
 
 from ._errors import (
     JournalWriteError,
     PoolClosedError,
+    QueueFull,
     ResultNotEncodableError,
+    TaskCancelled,
     TaskFailed,
+    TaskRejected,
     UnknownTaskError,
+    WaitTimeout,
 )
+from ._events import emit
 from ._info import PoolStatistics, RecoveryReport, TaskInfo
 from ._journal import Batch, Journal, Opened, open_journal
-from ._queue import ReadyQueue
+from ._queue import STRATEGIES, ReadyQueue, Strategy
 from ._records import FINISHED, Status, TaskRecord
+from ._registry import decode_args, encode_args, lookup, registered_name
 
-__all__ = ["Job", "Pool", "open_pool"]
-
-_log = structlog.get_logger("harnpool")
+__all__ = ["Job", "OnFull", "Pool", "open_pool"]
 
 TaskFunction = Callable[..., Awaitable[Any]] | Callable[..., Any]
+OnFull = Literal["block", "reject", "drop_oldest", "drop_newest"]
+_ON_FULL: tuple[OnFull, ...] = ("block", "reject", "drop_oldest", "drop_newest")
 
 
 class _Task:
     """A task's latest record plus what only this process knows about it."""
 
-    __slots__ = ("args", "batch", "done", "exc", "fn", "record")
+    __slots__ = ("args", "batch", "cancelling", "done", "exc", "fn", "record", "scope")
 
     def __init__(self, record: TaskRecord, fn: TaskFunction | None, args: tuple[Any, ...]) -> None:
         self.record = record
@@ -50,6 +58,26 @@ class _Task:
         self.done: anyio.Event | None = None
         #: The exception the function raised in this process, for ``TaskFailed.__cause__``.
         self.exc: BaseException | None = None
+        #: The running attempt's cancel scope, and whether Pool.cancel asked to stop it.
+        self.scope: anyio.CancelScope | None = None
+        self.cancelling = False
+
+    # What the ready queue orders by.
+    @property
+    def priority(self) -> int:
+        return self.record.priority
+
+    @property
+    def seq(self) -> int:
+        return self.record.seq
+
+    @property
+    def submitted_at(self) -> float:
+        return self.record.submitted_at
+
+    @property
+    def group(self) -> str | None:
+        return self.record.group
 
 
 def _qualified_name(obj: object) -> str:
@@ -58,6 +86,10 @@ def _qualified_name(obj: object) -> str:
     module = getattr(obj, "__module__", None) or type(obj).__module__
     name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
     return f"{module}.{name}"
+
+
+def _type_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _check_function(fn: object) -> None:
@@ -75,25 +107,35 @@ def _check_function(fn: object) -> None:
 class Job:
     """One task for :meth:`Pool.submit_many`: a function, its arguments, and options.
 
-    ``Job(fn, *args, key=None, priority=0)`` means what
-    ``pool.submit(fn, *args, key=key, priority=priority)`` means.
+    ``Job(fn, *args, key=..., priority=..., ...)`` means what
+    ``pool.submit(fn, *args, key=..., priority=..., ...)`` means.
     """
 
-    __slots__ = ("args", "fn", "key", "priority")
+    __slots__ = ("args", "fn", "group", "key", "priority", "retries", "retry_on", "timeout")
 
     def __init__(
-        self, fn: TaskFunction, /, *args: Any, key: str | None = None, priority: int = 0
+        self,
+        fn: TaskFunction,
+        /,
+        *args: Any,
+        key: str | None = None,
+        priority: int = 0,
+        group: str | None = None,
+        retries: int | None = None,
+        retry_on: Iterable[type[BaseException]] | None = None,
+        timeout: float | None = None,
     ) -> None:
         self.fn = fn
         self.args = args
         self.key = key
         self.priority = priority
+        self.group = group
+        self.retries = retries
+        self.retry_on = None if retry_on is None else tuple(retry_on)
+        self.timeout = timeout
 
     def __repr__(self) -> str:
-        return (
-            f"Job({_qualified_name(self.fn)}, *{self.args!r}, key={self.key!r}, "
-            f"priority={self.priority})"
-        )
+        return f"Job({_qualified_name(self.fn)}, *{self.args!r}, key={self.key!r})"
 
 
 def _is_async(fn: object) -> bool:
@@ -132,29 +174,88 @@ def _decoder_for(fn: Callable[..., object]) -> msgspec.json.Decoder[Any] | None:
         return _result_decoder.__wrapped__(fn)
 
 
+@dataclass(frozen=True, slots=True)
+class _Settings:
+    max_concurrent: int
+    max_queued: int | None
+    on_full: OnFull
+    strategy: Strategy
+    aging: float | None
+    retries: int
+    retry_on: tuple[type[BaseException], ...] | None
+    retry_backoff: float
+    retry_backoff_max: float
+    timeout: float | None
+
+    def check(self) -> None:
+        if self.max_concurrent < 1:
+            raise ValueError(f"max_concurrent must be at least 1, not {self.max_concurrent}")
+        if self.max_queued is not None and self.max_queued < 1:
+            raise ValueError(f"max_queued must be at least 1 or None, not {self.max_queued}")
+        if self.on_full not in _ON_FULL:
+            raise ValueError(f"on_full must be one of {', '.join(_ON_FULL)}, not {self.on_full!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(
+                f"strategy must be one of {', '.join(STRATEGIES)}, not {self.strategy!r}"
+            )
+        _check_retry(self.retries, self.timeout)
+        if self.retry_backoff < 0 or self.retry_backoff_max < self.retry_backoff:
+            raise ValueError("need 0 <= retry_backoff <= retry_backoff_max")
+
+
+def _check_retry(retries: int | None, timeout: float | None) -> None:
+    if retries is not None and retries < 0:
+        raise ValueError(f"retries must be 0 or more, not {retries}")
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, not {timeout}")
+
+
+def _retry_names(retry_on: Iterable[type[BaseException]] | None) -> tuple[str, ...] | None:
+    if retry_on is None:
+        return None
+    names = []
+    for cls in retry_on:
+        if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+            raise TypeError(f"retry_on takes exception types, not {cls!r}")
+        names.append(_type_name(cls))
+    return tuple(names)
+
+
 class Pool:
     """A durable pool of tasks. Make one with :func:`open_pool`."""
 
-    def __init__(self, journal: Journal, opened: Opened, *, max_concurrent: int) -> None:
+    def __init__(self, journal: Journal, opened: Opened, settings: _Settings) -> None:
         self._journal = journal
-        self._max_concurrent = max_concurrent
+        self._settings = settings
         self._tasks: dict[str, _Task] = {}
         self._by_key: dict[str, str] = {}
-        self._ready: ReadyQueue[_Task] = ReadyQueue()
+        self._queued: dict[str, _Task] = {}  # every queued task, attached or not
+        self._ready: ReadyQueue[_Task] = ReadyQueue(settings.strategy, aging=settings.aging)
         self._counts = dict.fromkeys(Status, 0)
         self._counter = opened.header.submit_counter
         #: Unfinished tasks whose function is known here: leaving the block waits for them.
         self._runnable = 0
         self._idle = anyio.Event()
+        self._room = anyio.Event()
         self._closed = False
         self._work_scope = anyio.CancelScope()
-        self._thread_limiter = anyio.CapacityLimiter(max_concurrent)
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._thread_limiter = anyio.CapacityLimiter(settings.max_concurrent)
         self._encoder = msgspec.json.Encoder()
+        self._random = random.Random()
         for record in opened.tasks:
-            self._tasks[record.id] = _Task(record, None, ())
+            task = _Task(record, None, ())
+            self._tasks[record.id] = task
             if record.key is not None:
                 self._by_key[record.key] = record.id
             self._counts[record.status] += 1
+            if record.status is Status.QUEUED:
+                self._queued[record.id] = task
+        resumed: list[str] = []
+        unresolved: list[str] = []
+        for task in self._queued.values():
+            if task.record.name is not None:
+                (resumed if self._resolve(task) else unresolved).append(task.record.id)
         queued = self._counts[Status.QUEUED]
         self.recovery = RecoveryReport(
             path=opened.path,
@@ -163,9 +264,39 @@ class Pool:
             requeued=tuple(opened.interrupted),
             queued=queued,
             finished=len(opened.tasks) - queued,
+            resumed=tuple(resumed),
+            unresolved=tuple(unresolved),
+            dropped_finished=opened.dropped,
             torn_tail=opened.torn,
         )
         journal.on_failure = self._on_failure
+
+    def _resolve(self, task: _Task) -> bool:
+        """Attach a recovered registered task's function and arguments, if known here."""
+        record = task.record
+        assert record.name is not None
+        fn = lookup(record.name)
+        if fn is None:
+            emit("warning", "task.unresolved", pool=self.path, task_id=record.id, name=record.name)
+            return False
+        try:
+            args = (
+                () if isinstance(record.args, msgspec.UnsetType) else decode_args(fn, record.args)
+            )
+        except msgspec.ValidationError as exc:
+            emit(
+                "warning",
+                "task.arguments_mismatch",
+                pool=self.path,
+                task_id=record.id,
+                name=record.name,
+                error=str(exc),
+            )
+            return False
+        task.fn = fn
+        task.args = args
+        self._runnable += 1
+        return True
 
     @property
     def path(self) -> str:
@@ -176,12 +307,12 @@ class Pool:
         state = "closed" if self._closed else "failed" if self._journal.error else "open"
         c = self._counts
         return (
-            f"<Pool {self.path!r} {state} max_concurrent={self._max_concurrent} "
+            f"<Pool {self.path!r} {state} max_concurrent={self._settings.max_concurrent} "
             f"queued={c[Status.QUEUED]} running={c[Status.RUNNING]} "
             f"completed={c[Status.COMPLETED]} failed={c[Status.FAILED]}>"
         )
 
-    # -- public API -----------------------------------------------------------------
+    # -- submitting -------------------------------------------------------------------
 
     async def submit(
         self,
@@ -190,88 +321,258 @@ class Pool:
         *args: Any,
         key: str | None = None,
         priority: int = 0,
+        group: str | None = None,
+        retries: int | None = None,
+        retry_on: Iterable[type[BaseException]] | None = None,
+        timeout: float | None = None,
     ) -> str:
         """Submit ``fn(*args)`` to run, and return the task's id once that is durable.
 
         ``fn`` is an async function (awaited on a worker) or a plain function
         (run in a worker thread); pass the function and its arguments, not a
         coroutine object, since only a function can run again after a crash.
+        A function registered with :func:`harnpool.task` is journaled by name
+        with its arguments, and resumes on its own when the pool is reopened.
 
         Args:
             fn: The function to run.
-            *args: Its positional arguments (kept in memory only).
+            *args: Its positional arguments. Kept in memory only, unless ``fn``
+                is registered: then they are stored, and must encode as JSON.
             key: The idempotency key. If a task with this key exists, in any
                 status, its id is returned and nothing new runs. If that task
                 was recovered from the journal and has not run yet, ``fn`` and
                 ``args`` are attached to it, so it runs in its original place.
-            priority: Higher runs first; equal priorities run in submission order.
+            priority: Higher runs first (with the ``priority`` and ``fair``
+                strategies); equal priorities run in submission order.
+            group: The label the ``fair`` strategy round-robins between.
+            retries: How many times a failed attempt is retried, with
+                exponential backoff and jitter (default: the pool's).
+            retry_on: The exception types that are retried (default: the
+                pool's, else any ``Exception``).
+            timeout: Seconds an attempt may run before it is cancelled and
+                counts as a failed attempt (default: the pool's).
 
         Returns:
             The task's id.
 
         Raises:
             TypeError: ``fn`` is a coroutine object or not callable.
+            ArgumentsNotEncodableError: ``fn`` is registered and ``args`` cannot
+                be stored; nothing was written.
+            QueueFull: The queue is full and ``on_full`` is ``"reject"``.
             PoolClosedError: The pool is closed.
             JournalWriteError: The journal failed; the pool has stopped.
         """
-        _check_function(fn)
-        self._check_usable()
-        task, new = self._register(fn, args, key, priority)
-        if task.batch is not None:
-            # Shielded: once appended the record will become durable, and a new
-            # task must then be queued even if this submitter is cancelled meanwhile.
-            with anyio.CancelScope(shield=True):
-                await task.batch.wait()
-        if new:
-            self._ready.put(task, priority=priority, seq=task.record.seq)
-        return task.record.id
+        job = Job(
+            fn,
+            *args,
+            key=key,
+            priority=priority,
+            group=group,
+            retries=retries,
+            retry_on=retry_on,
+            timeout=timeout,
+        )
+        return (await self.submit_many([job]))[0]
 
     async def submit_many(self, jobs: Iterable[Job]) -> list[str]:
-        """Submit several tasks with one durable write, and return their ids in order.
+        """Submit several tasks, with one durable write where nothing blocks, and
+        return their ids in order.
 
         Each :class:`Job` is handled as :meth:`submit` would handle it, keys
-        deduplicated against the pool and within ``jobs``; the call returns
-        once every new record is durable, after a single flush.
+        deduplicated against the pool and within ``jobs``. Unless a full queue
+        makes it wait (``on_full="block"``), every new record goes in one flush.
 
         Raises:
-            TypeError: A job's function is a coroutine object or not callable;
-                nothing was submitted.
+            TypeError: A job's function is a coroutine object or not callable,
+                or its options are wrong; nothing was submitted.
+            ArgumentsNotEncodableError: A registered function's arguments cannot
+                be stored; nothing was submitted.
+            QueueFull: The queue is full and ``on_full`` is ``"reject"``; the jobs
+                before the refused one were submitted.
             PoolClosedError: The pool is closed.
             JournalWriteError: The journal failed; the pool has stopped.
         """
         jobs = list(jobs)
-        for job in jobs:
-            _check_function(job.fn)
+        prepared = [self._prepare(job) for job in jobs]  # every check before any write
         self._check_usable()
-        registered = [self._register(job.fn, job.args, job.key, job.priority) for job in jobs]
-        batches = {id(task.batch): task.batch for task, _ in registered if task.batch is not None}
-        with anyio.CancelScope(shield=True):
-            for batch in batches.values():
-                await batch.wait()
-        for task, new in registered:
-            if new:
-                self._ready.put(task, priority=task.record.priority, seq=task.record.seq)
-        return [task.record.id for task, _ in registered]
+        tasks: list[_Task] = []
+        new: list[_Task] = []
+        try:
+            for job, (record, stored_args) in zip(jobs, prepared, strict=True):
+                existing = self._existing(job)
+                if existing is not None:
+                    tasks.append(existing)
+                    continue
+                reason = await self._admit()
+                existing = self._existing(job)  # admit may have waited: look again
+                if existing is not None:
+                    tasks.append(existing)
+                    continue
+                task = self._add(job, record, stored_args, reason)
+                tasks.append(task)
+                if reason is None:
+                    new.append(task)
+        finally:
+            # Shielded: appended records will become durable, and a new task must
+            # then be queued even if this submitter is cancelled meanwhile.
+            with anyio.CancelScope(shield=True):
+                for batch in {id(t.batch): t.batch for t in tasks if t.batch}.values():
+                    await batch.wait()
+                for task in new:
+                    self._enqueue(task)
+        return [task.record.id for task in tasks]
 
-    async def wait(self, task_id: str) -> Any:
+    def _prepare(self, job: Job) -> tuple[TaskRecord, Any]:
+        """Check a job and build its record (id and seq are filled in later)."""
+        _check_function(job.fn)
+        _check_retry(job.retries, job.timeout)
+        settings = self._settings
+        name = registered_name(job.fn)
+        stored = encode_args("", job.fn, job.args) if name is not None else msgspec.UNSET
+        retry_on = _retry_names(job.retry_on if job.retry_on is not None else settings.retry_on)
+        record = TaskRecord(
+            id="",
+            seq=0,
+            status=Status.QUEUED,
+            submitted_at=0.0,
+            priority=job.priority,
+            key=job.key,
+            function=_qualified_name(job.fn),
+            name=name,
+            args=stored,
+            group=job.group,
+            retries=settings.retries if job.retries is None else job.retries,
+            retry_on=retry_on,
+            timeout=settings.timeout if job.timeout is None else job.timeout,
+        )
+        return record, stored
+
+    def _existing(self, job: Job) -> _Task | None:
+        if job.key is None:
+            return None
+        task_id = self._by_key.get(job.key)
+        if task_id is None:
+            return None
+        task = self._tasks[task_id]
+        if task.fn is None:
+            if task.record.status is Status.QUEUED:
+                self._attach(task, job.fn, job.args)
+            else:
+                # Finished: it never runs again, but its function's return
+                # annotation now types the stored result for wait().
+                task.fn = job.fn
+        return task
+
+    async def _admit(self) -> str | None:
+        """Make room for one more queued task, as ``on_full`` says.
+
+        Returns:
+            None to queue the new task, or the reason to record it rejected.
+        """
+        limit = self._settings.max_queued
+        if limit is None:
+            return None
+        while self._counts[Status.QUEUED] >= limit:
+            policy = self._settings.on_full
+            if policy == "reject":
+                raise QueueFull(
+                    f"the pool on {self.path!r} already holds max_queued={limit} queued tasks"
+                )
+            if policy == "drop_newest":
+                return "drop_newest_queue_full"
+            if policy == "drop_oldest":
+                oldest = min(self._queued.values(), key=lambda t: t.record.seq)
+                self._end(oldest, Status.REJECTED, reason="drop_oldest_queue_full")
+                continue
+            if self._room.is_set():
+                self._room = anyio.Event()
+            await self._room.wait()
+            self._check_usable()
+        return None
+
+    def _add(self, job: Job, template: TaskRecord, stored: Any, reason: str | None) -> _Task:
+        self._counter += 1
+        seq = self._counter
+        now = time.time()
+        record = msgspec.structs.replace(
+            template, id=f"t{seq}", seq=seq, submitted_at=now, args=stored
+        )
+        if reason is not None:
+            record = msgspec.structs.replace(
+                record, status=Status.REJECTED, finished_at=now, reason=reason
+            )
+        task = _Task(record, job.fn, job.args)
+        self._tasks[record.id] = task
+        if job.key is not None:
+            self._by_key[job.key] = record.id
+        self._counts[record.status] += 1
+        task.batch = self._journal.append(record)
+        if reason is None:
+            self._queued[record.id] = task
+            self._runnable += 1
+            emit("info", "task.submitted", pool=self.path, task_id=record.id, key=record.key)
+        else:
+            emit("warning", "task.rejected", pool=self.path, task_id=record.id, reason=reason)
+        return task
+
+    def _attach(self, task: _Task, fn: TaskFunction, args: tuple[Any, ...]) -> None:
+        task.fn = fn
+        task.args = args
+        self._runnable += 1
+        self._enqueue(task)
+
+    def _enqueue(self, task: _Task) -> None:
+        due = task.record.not_before
+        delay = 0.0 if due is None else due - time.time()
+        if delay > 0 and self._tg is not None:
+            self._tg.start_soon(self._enqueue_later, task, delay)
+        else:
+            self._ready.put(task)
+
+    async def _enqueue_later(self, task: _Task, delay: float) -> None:
+        await anyio.sleep(delay)
+        if task.record.status is Status.QUEUED:
+            self._ready.put(task)
+
+    # -- waiting and cancelling -------------------------------------------------------
+
+    async def wait(self, task_id: str, *, timeout: float | None = None) -> Any:
         """Wait for a task to finish and return its result.
 
         The result is decoded from the journal, as the task function's return
         annotation when this process knows the function, else as plain JSON
         types: it is the same value before and after a restart.
 
+        Args:
+            task_id: The task to wait for.
+            timeout: Give up after this many seconds; the task is not affected.
+
         Returns:
             The task's result, once its ``completed`` record is durable.
 
         Raises:
             UnknownTaskError: No task has this id.
-            TaskFailed: The task's function raised (or returned a value that
-                cannot be stored).
+            TaskFailed: The task's function raised on its last attempt (or
+                returned a value that cannot be stored).
+            TaskCancelled: The task was cancelled.
+            TaskRejected: A full queue dropped the task.
+            WaitTimeout: ``timeout`` ran out first (also a ``TimeoutError``).
             PoolClosedError: The pool closed before the task finished.
             JournalWriteError: The journal failed; the pool has stopped.
         """
         task = self._get(task_id)
         self._check_usable()
+        if timeout is None:
+            await self._finished(task)
+        else:
+            with anyio.move_on_after(timeout) as scope:
+                await self._finished(task)
+            if scope.cancelled_caught:
+                raise WaitTimeout(task_id, timeout)
+        return self._outcome(task)
+
+    async def _finished(self, task: _Task) -> None:
         while task.record.status not in FINISHED:
             if task.done is None:
                 task.done = anyio.Event()
@@ -279,22 +580,62 @@ class Pool:
             self._check_usable()
         if task.batch is not None:
             await task.batch.wait()
+
+    def _outcome(self, task: _Task) -> Any:
         record = task.record
         if record.status is Status.COMPLETED:
             assert not isinstance(record.result, msgspec.UnsetType)
             decoder = _plain_decoder if task.fn is None else _decoder_for(task.fn)
             if decoder is not None:
-                try:
+                with contextlib.suppress(msgspec.ValidationError):
                     return decoder.decode(record.result)
-                except msgspec.ValidationError:
-                    pass  # the annotation does not describe what was returned
+                # the annotation does not describe what was returned: plain JSON
             return _plain_decoder.decode(record.result)
+        if record.status is Status.CANCELLED:
+            raise TaskCancelled(task_id=record.id, key=record.key)
+        if record.status is Status.REJECTED:
+            raise TaskRejected(task_id=record.id, key=record.key, reason=record.reason or "")
         raise TaskFailed(
             task_id=record.id,
             key=record.key,
             error_type=record.error_type or "",
             error_message=record.error_message or "",
         ) from task.exc
+
+    async def cancel(self, task_id: str) -> bool:
+        """Cancel a task that has not finished.
+
+        A queued task (or one waiting for a retry) becomes ``cancelled`` at
+        once. A running one is cancelled through its cancel scope and recorded
+        ``cancelled`` when its function has stopped; a plain function running
+        in a thread cannot be interrupted, so its thread is abandoned and its
+        result ignored. Returns once the ``cancelled`` record is durable.
+
+        Returns:
+            True if the task was cancelled; False if it had already finished,
+            in which case nothing changes.
+
+        Raises:
+            UnknownTaskError: No task has this id.
+            PoolClosedError: The pool is closed.
+            JournalWriteError: The journal failed; the pool has stopped.
+        """
+        task = self._get(task_id)
+        self._check_usable()
+        status = task.record.status
+        if status in FINISHED:
+            return False
+        if status is Status.QUEUED:
+            self._end(task, Status.CANCELLED, reason="cancelled")
+        else:
+            assert task.scope is not None
+            task.cancelling = True
+            task.scope.cancel()
+        with anyio.CancelScope(shield=True):
+            await self._finished(task)
+        return task.record.status is Status.CANCELLED
+
+    # -- introspection ---------------------------------------------------------------
 
     def info(self, task_id: str) -> TaskInfo:
         """Return a snapshot of one task.
@@ -312,7 +653,9 @@ class Pool:
         """Return the pool's counts of tasks by status."""
         c = self._counts
         return PoolStatistics(
-            max_concurrent=self._max_concurrent,
+            strategy=self._settings.strategy,
+            max_concurrent=self._settings.max_concurrent,
+            max_queued=self._settings.max_queued,
             queued=c[Status.QUEUED],
             running=c[Status.RUNNING],
             completed=c[Status.COMPLETED],
@@ -322,8 +665,6 @@ class Pool:
             waiting_for_function=c[Status.QUEUED] + c[Status.RUNNING] - self._runnable,
             flushes=self._journal.flushes,
         )
-
-    # -- internals ------------------------------------------------------------------
 
     def _get(self, task_id: str) -> _Task:
         try:
@@ -353,81 +694,98 @@ class Pool:
             finished_at=r.finished_at,
             error_type=r.error_type,
             error_message=r.error_message,
+            name=r.name,
+            group=r.group,
+            retries=r.retries,
+            timeout=r.timeout,
+            not_before=r.not_before,
+            reason=r.reason,
         )
 
-    def _register(
-        self, fn: TaskFunction, args: tuple[Any, ...], key: str | None, priority: int
-    ) -> tuple[_Task, bool]:
-        """Find the task for ``key`` or append a new one; True if it is new.
-
-        A new task goes into the ready queue only once its record is durable.
-        """
-        if key is not None:
-            existing = self._by_key.get(key)
-            if existing is not None:
-                task = self._tasks[existing]
-                if task.fn is None:
-                    if task.record.status is Status.QUEUED:
-                        self._attach(task, fn, args)
-                    else:
-                        # Finished: it never runs again, but its function's return
-                        # annotation now types the stored result for wait().
-                        task.fn = fn
-                return task, False
-        self._counter += 1
-        seq = self._counter
-        record = TaskRecord(
-            id=f"t{seq}",
-            seq=seq,
-            status=Status.QUEUED,
-            submitted_at=time.time(),
-            priority=priority,
-            key=key,
-            function=_qualified_name(fn),
-        )
-        task = _Task(record, fn, args)
-        self._tasks[record.id] = task
-        if key is not None:
-            self._by_key[key] = record.id
-        self._counts[Status.QUEUED] += 1
-        self._runnable += 1
-        task.batch = self._journal.append(record)
-        return task, True
-
-    def _attach(self, task: _Task, fn: TaskFunction, args: tuple[Any, ...]) -> None:
-        task.fn = fn
-        task.args = args
-        self._runnable += 1
-        self._ready.put(task, priority=task.record.priority, seq=task.record.seq)
+    # -- transitions ------------------------------------------------------------------
 
     def _set_status(self, task: _Task, record: TaskRecord) -> Batch:
-        self._counts[task.record.status] -= 1
+        old = task.record.status
+        self._counts[old] -= 1
         self._counts[record.status] += 1
         task.record = record
+        if old is Status.QUEUED and record.status is not Status.QUEUED:
+            del self._queued[record.id]
+            self._room.set()
+        elif record.status is Status.QUEUED and old is not Status.QUEUED:
+            self._queued[record.id] = task
         return self._journal.append(record)
 
     def _finish(self, task: _Task, record: TaskRecord) -> None:
+        attached = task.fn is not None
         task.batch = self._set_status(task, record)
         task.args = ()
-        self._runnable -= 1
-        if self._runnable == 0:
-            self._idle.set()
+        if attached:
+            self._runnable -= 1
+            if self._runnable == 0:
+                self._idle.set()
         if task.done is not None:
             task.done.set()
 
-    def _fail(self, task: _Task, exc: BaseException, now: float) -> None:
-        task.exc = exc
-        cls = type(exc)
+    def _end(self, task: _Task, status: Status, *, reason: str) -> None:
+        """Record a task cancelled or rejected without a (further) run."""
         self._finish(
             task,
             msgspec.structs.replace(
-                task.record,
-                status=Status.FAILED,
-                finished_at=now,
-                error_type=f"{cls.__module__}.{cls.__qualname__}",
-                error_message=str(exc),
+                task.record, status=status, finished_at=time.time(), reason=reason
             ),
         )
+        level = "info" if status is Status.CANCELLED else "warning"
+        emit(level, f"task.{status.value}", pool=self.path, task_id=task.record.id, reason=reason)
+
+    def _failed_attempt(self, task: _Task, exc: BaseException, now: float) -> None:
+        record = task.record
+        error_type = _type_name(type(exc))
+        error = {"error_type": error_type, "error_message": str(exc)}
+        if record.attempts <= record.retries and self._retryable(record, exc):
+            backoff = self._settings.retry_backoff * 2 ** (record.attempts - 1)
+            delay = min(self._settings.retry_backoff_max, backoff)
+            delay *= 0.5 + self._random.random() / 2  # "equal jitter": spreads a burst out
+            task.batch = self._set_status(
+                task,
+                msgspec.structs.replace(
+                    record, status=Status.QUEUED, started_at=None, not_before=now + delay, **error
+                ),
+            )
+            emit(
+                "warning",
+                "task.retry_scheduled",
+                pool=self.path,
+                task_id=record.id,
+                key=record.key,
+                attempt=record.attempts,
+                delay=round(delay, 3),
+                error=f"{error_type}: {exc}",
+            )
+            self._enqueue(task)
+            return
+        task.exc = exc
+        self._finish(
+            task, msgspec.structs.replace(record, status=Status.FAILED, finished_at=now, **error)
+        )
+        emit(
+            "warning",
+            "task.failed",
+            pool=self.path,
+            task_id=record.id,
+            key=record.key,
+            attempts=record.attempts,
+            error=f"{error_type}: {exc}",
+        )
+
+    @staticmethod
+    def _retryable(record: TaskRecord, exc: BaseException) -> bool:
+        if record.retry_on is None:
+            return True
+        names = {_type_name(cls) for cls in type(exc).__mro__}
+        return not names.isdisjoint(record.retry_on)
+
+    # -- running ----------------------------------------------------------------------
 
     async def _work(self) -> None:
         while True:
@@ -435,7 +793,7 @@ class Pool:
             record = task.record
             fn = task.fn
             if record.status is not Status.QUEUED or fn is None:
-                continue
+                continue  # cancelled or rejected while it waited in the queue
             # The "running" record rides with the next flush: nobody is told a
             # task started, and a crash before it is durable just runs it again.
             self._set_status(
@@ -445,50 +803,99 @@ class Pool:
                     status=Status.RUNNING,
                     started_at=time.time(),
                     attempts=record.attempts + 1,
+                    not_before=None,
                 ),
             )
-            try:
+            emit("debug", "task.started", pool=self.path, task_id=record.id, key=record.key)
+            await self._attempt(task, fn)
+
+    async def _attempt(self, task: _Task, fn: TaskFunction) -> None:
+        timeout = task.record.timeout
+        task.scope = scope = anyio.CancelScope(
+            deadline=math.inf if timeout is None else anyio.current_time() + timeout
+        )
+        value: Any = None
+        try:
+            with scope:
                 if _is_async(fn):
                     value = await fn(*task.args)
                 else:
                     value = await anyio.to_thread.run_sync(
-                        functools.partial(fn, *task.args), limiter=self._thread_limiter
+                        functools.partial(fn, *task.args),
+                        limiter=self._thread_limiter,
+                        abandon_on_cancel=True,
                     )
-            except Exception as exc:
-                self._fail(task, exc, time.time())
-                continue
-            now = time.time()
-            try:
-                raw = msgspec.Raw(self._encoder.encode(value))
-            except (TypeError, msgspec.EncodeError, OverflowError) as exc:
-                error = ResultNotEncodableError(
-                    f"task {task.record.id} returned a {type(value).__module__}."
-                    f"{type(value).__qualname__}, which cannot be stored as JSON: {exc}"
+        except Exception as exc:
+            self._failed_attempt(task, exc, time.time())
+            return
+        finally:
+            task.scope = None
+        now = time.time()
+        if scope.cancelled_caught:
+            if task.cancelling:
+                self._end(task, Status.CANCELLED, reason="cancelled")
+            else:
+                expired = TimeoutError(
+                    f"attempt {task.record.attempts} of task {task.record.id} "
+                    f"ran longer than its timeout of {timeout} seconds"
                 )
-                error.__cause__ = exc
-                self._fail(task, error, now)
-                continue
+                self._failed_attempt(task, expired, now)
+            return
+        try:
+            raw = msgspec.Raw(self._encoder.encode(value))
+        except (TypeError, msgspec.EncodeError, OverflowError) as exc:
+            error = ResultNotEncodableError(
+                f"task {task.record.id} returned a {_type_name(type(value))}, "
+                f"which cannot be stored as JSON: {exc}"
+            )
+            error.__cause__ = exc
+            task.exc = error
             self._finish(
                 task,
                 msgspec.structs.replace(
-                    task.record, status=Status.COMPLETED, finished_at=now, result=raw
+                    task.record,
+                    status=Status.FAILED,
+                    finished_at=now,
+                    error_type=_type_name(type(error)),
+                    error_message=str(error),
                 ),
             )
+            return
+        self._finish(
+            task,
+            msgspec.structs.replace(
+                task.record,
+                status=Status.COMPLETED,
+                finished_at=now,
+                result=raw,
+                args=msgspec.UNSET,
+            ),
+        )
+        emit("debug", "task.completed", pool=self.path, task_id=task.record.id)
 
     async def _run_workers(self) -> None:
         with self._work_scope:
             async with anyio.create_task_group() as tg:
-                for _ in range(self._max_concurrent):
+                for _ in range(self._settings.max_concurrent):
                     tg.start_soon(self._work)
+
+    def _start(self, tg: anyio.abc.TaskGroup) -> None:
+        self._tg = tg
+        tg.start_soon(self._journal.run)
+        tg.start_soon(self._run_workers)
+        for task in self._queued.values():
+            if task.fn is not None:
+                self._enqueue(task)
 
     def _wake_all(self) -> None:
         self._idle.set()
+        self._room.set()
         for task in self._tasks.values():
             if task.done is not None:
                 task.done.set()
 
     def _on_failure(self, error: JournalWriteError) -> None:
-        _log.error("journal.write_failed", path=self.path, error=str(error.__cause__))
+        emit("critical", "journal.write_failed", pool=self.path, error=str(error.__cause__))
         self._work_scope.cancel()
         self._wake_all()
 
@@ -512,23 +919,62 @@ async def open_pool(
     path: str | os.PathLike[str],
     *,
     max_concurrent: int = 1,
+    max_queued: int | None = None,
+    on_full: OnFull = "block",
+    strategy: Strategy = "priority",
+    aging: float | None = None,
+    retries: int = 0,
+    retry_on: Iterable[type[BaseException]] | None = None,
+    retry_backoff: float = 0.5,
+    retry_backoff_max: float = 60.0,
+    timeout: float | None = None,
+    keep_finished: int | None = None,
+    keep_finished_for: float | None = None,
 ) -> AsyncIterator[Pool]:
     """Open (or create) the durable pool whose journal is at ``path``.
 
     Opening locks the journal, replays it, and compacts it: tasks a crash
     interrupted while running are queued again at their original place, queued
-    tasks stay queued, and finished tasks keep their results. Recovered tasks
-    run once their function is known again: submit with the same key.
+    tasks stay queued, and finished tasks keep their results. Unfinished tasks
+    of registered functions (:func:`harnpool.task`) resume at once; others run
+    once their function is known again: submit with the same key.
 
     Leaving the block normally waits for every task whose function is known to
-    finish. Leaving it by an exception or cancellation cancels running tasks;
-    they stay ``running`` in the journal and are resumed like crashed ones on the
-    next open. Either way the lock is released.
+    finish (retries included). Leaving it by an exception or cancellation
+    cancels running tasks; they stay ``running`` in the journal and are resumed
+    like crashed ones on the next open. Either way the lock is released.
 
     Args:
         path: The journal file. Its directory must exist. ``<path>.lock`` and,
             briefly, ``<path>.compact`` are made beside it.
         max_concurrent: How many tasks may run at once; that many workers run.
+        max_queued: How many tasks may be queued at once; None for no bound.
+        on_full: What a submit does when ``max_queued`` tasks are queued:
+            ``"block"`` waits for room, ``"reject"`` raises QueueFull and writes
+            nothing, ``"drop_oldest"`` records the oldest queued task rejected,
+            ``"drop_newest"`` records the new task rejected; a rejected task's
+            ``wait`` raises TaskRejected.
+        strategy: The order of the ready queue: ``"priority"`` (higher
+            priority first, then submission order), ``"fifo"``, ``"lifo"``, or
+            ``"fair"`` (round robin between ``group`` labels, each by priority).
+            It is kept in the journal's header; reopening with another strategy
+            simply orders the queued tasks by the new one.
+        aging: With ``priority`` or ``fair``: every this many seconds a queued
+            task waits counts as one more priority point, so none waits forever.
+        retries: How many times a failed attempt is retried by default.
+        retry_on: The exception types retried by default (None: any Exception).
+        retry_backoff: The delay before the first retry, in seconds; each
+            later one doubles, up to ``retry_backoff_max``, times a random
+            factor between 0.5 and 1. A retry's due time is journaled, so one
+            scheduled before a crash still happens at its time after it.
+        retry_backoff_max: The longest delay between attempts.
+        timeout: Seconds an attempt may run by default before it is cancelled
+            and counts as a failed attempt (a ``TimeoutError``).
+        keep_finished: Keep at most this many finished tasks when the journal
+            is compacted on open (the newest ones); None keeps all. The keys
+            of dropped tasks no longer deduplicate.
+        keep_finished_for: Drop finished tasks older than this many seconds
+            when the journal is compacted on open.
 
     Yields:
         The open pool; :attr:`Pool.recovery` says what opening found.
@@ -538,18 +984,43 @@ async def open_pool(
         JournalCorruptError: The journal cannot be trusted; it was not changed.
         JournalVersionError: A newer harnpool wrote the journal.
         JournalWriteError: The journal failed while the pool was open.
-        ValueError: ``max_concurrent`` is less than 1.
+        ValueError: A setting is out of range.
     """
-    if max_concurrent < 1:
-        raise ValueError(f"max_concurrent must be at least 1, not {max_concurrent}")
+    settings = _Settings(
+        max_concurrent=max_concurrent,
+        max_queued=max_queued,
+        on_full=on_full,
+        strategy=strategy,
+        aging=aging,
+        retries=retries,
+        retry_on=None if retry_on is None else tuple(retry_on),
+        retry_backoff=retry_backoff,
+        retry_backoff_max=retry_backoff_max,
+        timeout=timeout,
+    )
+    settings.check()
+    _retry_names(settings.retry_on)
+    if keep_finished is not None and keep_finished < 0:
+        raise ValueError(f"keep_finished must be 0 or more, not {keep_finished}")
+    if keep_finished_for is not None and keep_finished_for < 0:
+        raise ValueError(f"keep_finished_for must be 0 or more, not {keep_finished_for}")
     opened = await anyio.to_thread.run_sync(
-        functools.partial(open_journal, path, max_concurrent=max_concurrent)
+        functools.partial(
+            open_journal,
+            path,
+            max_concurrent=max_concurrent,
+            strategy=strategy,
+            keep_finished=keep_finished,
+            keep_finished_for=keep_finished_for,
+        )
     )
     journal = Journal(opened)
-    pool = Pool(journal, opened, max_concurrent=max_concurrent)
-    if opened.torn is not None:
-        torn = opened.torn
-        _log.warning(
+    pool = Pool(journal, opened, settings)
+    report = pool.recovery
+    if report.torn_tail is not None:
+        torn = report.torn_tail
+        emit(
+            "warning",
             "journal.torn_tail",
             path=opened.path,
             line=torn.line,
@@ -557,13 +1028,24 @@ async def open_pool(
             length=torn.length,
             reason=torn.reason,
         )
+    emit(
+        "info",
+        "pool.opened",
+        path=opened.path,
+        created=report.created,
+        tasks=report.tasks,
+        requeued=len(report.requeued),
+        queued=report.queued,
+        resumed=len(report.resumed),
+        unresolved=len(report.unresolved),
+        dropped_finished=report.dropped_finished,
+    )
     # The block's own exception is re-raised after the task group, so callers
     # catch what they raised rather than an exception group around it.
     error: BaseException | None = None
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(journal.run)
-            tg.start_soon(pool._run_workers)
+            pool._start(tg)
             try:
                 yield pool
             except BaseException as exc:
@@ -580,5 +1062,6 @@ async def open_pool(
         pool._wake_all()
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(journal.close)
+        emit("info", "pool.closed", path=opened.path)
     if error is not None:
         raise error

@@ -44,6 +44,8 @@ class Header(msgspec.Struct, tag="header", tag_field="kind", kw_only=True, froze
     max_concurrent: int
     #: The highest ``seq`` handed out when the journal was last compacted.
     submit_counter: int
+    #: The ready queue's order: ``priority``, ``fifo``, ``lifo`` or ``fair``.
+    strategy: str = "priority"
 
 
 class TaskRecord(
@@ -66,8 +68,27 @@ class TaskRecord(
     attempts: int = 0
     #: The JSON the task returned; set only when ``status`` is ``completed``.
     result: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    #: For a final failure, the last attempt's error; while a retry is pending,
+    #: the error of the attempt that failed.
     error_type: str | None = None
     error_message: str | None = None
+    #: The name the function was registered under with ``harnpool.task``: a
+    #: reopened pool runs the task again on its own, with ``args``.
+    name: str | None = None
+    #: The JSON-encoded positional arguments of a registered task's function.
+    args: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    #: The label round-robined by the ``fair`` strategy.
+    group: str | None = None
+    #: How many failed attempts may be retried.
+    retries: int = 0
+    #: Qualified names of the exception types that are retried; None for any.
+    retry_on: tuple[str, ...] | None = None
+    #: Seconds an attempt may take before it is cancelled and counts as failed.
+    timeout: float | None = None
+    #: A queued task does not start before this time (a retry's backoff).
+    not_before: float | None = None
+    #: Why a task was rejected or cancelled.
+    reason: str | None = None
 
 
 Record = Header | TaskRecord

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import harnpool
 from harnpool import _errors
 
@@ -19,7 +21,7 @@ def test_exported_objects_claim_the_package() -> None:
     # Users import from harnpool; reprs and docs should say so, not a private module.
     for name in harnpool.__all__:
         obj = getattr(harnpool, name)
-        if isinstance(obj, type) or callable(obj):
+        if isinstance(obj, type) or inspect.isfunction(obj):
             assert obj.__module__ == "harnpool", name
 
 
