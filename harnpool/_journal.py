@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -72,6 +73,11 @@ class Loaded:
 
 _decoder = msgspec.json.Decoder(Record)
 
+# msgspec raises UnicodeDecodeError for invalid UTF-8 in a string and
+# RecursionError for nesting deeper than the interpreter's recursion limit.
+_UNDECODABLE = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+_BLANK_LINE = re.compile(rb"(?:^|\n)[ \t\r\v\f]*\n")
+
 
 def _lines(body: bytes) -> Iterator[tuple[int, int, bytes]]:
     """Yield ``(line number, byte offset, line)`` for every line of ``body``."""
@@ -102,7 +108,10 @@ def _replay(path: str, data: bytes) -> Loaded:
         records: list[Record] = _decoder.decode_lines(body)
         fast = isinstance(records[0], Header) if records else False
         fast = fast and not any(isinstance(r, Header) for r in records[1:])
-    except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec: invalid UTF-8 in a string
+        # decode_lines splits on any JSON whitespace, not on newlines: one record
+        # per line holds only if there is no blank line and a record per newline.
+        fast = fast and len(records) == body.count(b"\n") and not _BLANK_LINE.search(body)
+    except _UNDECODABLE:
         fast = False
     if not fast:
         # Find what is wrong, line by line, to name it precisely.
@@ -124,7 +133,7 @@ def _replay(path: str, data: bytes) -> Loaded:
         header=header,
         tasks={r.id: r for r in ordered},
         torn=torn,
-        lines=body.count(b"\n") + (torn is not None),
+        lines=body.count(b"\n") + (complete < len(data)),
     )
 
 
@@ -138,7 +147,7 @@ def _replay_slowly(
             continue
         try:
             record = _decoder.decode(raw)
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        except _UNDECODABLE as exc:
             last = number == len(lines) and torn is None
             if last and records:
                 return records, TornTail(
@@ -432,6 +441,7 @@ class Journal:
         self.on_failure: Callable[[JournalWriteError], None] | None = None
         #: How many flushes (each one write and one fdatasync) have completed.
         self.flushes = 0
+        self._stopping = False
 
     def append(self, record: TaskRecord) -> Batch:
         """Queue ``record`` for the next flush and return the batch to await.
@@ -450,26 +460,45 @@ class Journal:
         _sync_data(self._fd)
 
     async def run(self) -> None:
-        """Flush batches until cancelled or a write fails."""
-        while True:
-            await self._wakeup.wait()
-            self._wakeup = anyio.Event()
-            batch = self._pending
-            self._pending = Batch()
-            self._in_flight = batch
-            try:
-                await anyio.to_thread.run_sync(self._write, batch.buf, limiter=self._limiter)
-            except OSError as exc:
-                self._fail(batch, exc)
-                return
-            except BaseException as exc:
-                # Whatever ends the writer (a bug, a cancellation mid-flush) leaves the
-                # batch's fate unknown: fail it, so no waiter hangs or hears "durable".
-                self._fail(batch, exc)
-                raise
-            self.flushes += 1
-            self._in_flight = None
-            batch._finish(None)
+        """Flush batches until :meth:`stop` is called or a write fails.
+
+        The writer is shielded from cancellation: a cancelled pool still has
+        records to flush on its way out, and a write in progress always
+        finishes, so its waiters learn the truth. Call :meth:`stop` to end it.
+        """
+        with anyio.CancelScope(shield=True):
+            while True:
+                await self._wakeup.wait()
+                self._wakeup = anyio.Event()
+                if self._pending.buf and not await self._write_pending():
+                    return
+                if self._stopping:
+                    return
+
+    async def _write_pending(self) -> bool:
+        """Write and sync the pending batch; False if that failed."""
+        batch = self._pending
+        self._pending = Batch()
+        self._in_flight = batch
+        try:
+            await anyio.to_thread.run_sync(self._write, batch.buf, limiter=self._limiter)
+        except OSError as exc:
+            self._fail(batch, exc)
+            return False
+        except BaseException as exc:
+            # Whatever else ends the writer (a bug, a guard against blocking calls)
+            # leaves the batch's fate unknown: fail it, so no waiter hangs or hears "durable".
+            self._fail(batch, exc)
+            raise
+        self.flushes += 1
+        self._in_flight = None
+        batch._finish(None)
+        return True
+
+    def stop(self) -> None:
+        """Let :meth:`run` return once it has flushed what is pending."""
+        self._stopping = True
+        self._wakeup.set()
 
     def _fail(self, batch: Batch, exc: BaseException) -> None:
         error = JournalWriteError(

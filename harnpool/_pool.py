@@ -277,7 +277,14 @@ class Pool:
         assert record.name is not None
         fn = lookup(record.name)
         if fn is None:
-            emit("warning", "task.unresolved", pool=self.path, task_id=record.id, name=record.name)
+            emit(
+                "warning",
+                "task.unresolved",
+                pool=self.path,
+                task_id=record.id,
+                key=record.key,
+                name=record.name,
+            )
             return False
         try:
             args = (
@@ -289,6 +296,7 @@ class Pool:
                 "task.arguments_mismatch",
                 pool=self.path,
                 task_id=record.id,
+                key=record.key,
                 name=record.name,
                 error=str(exc),
             )
@@ -513,7 +521,14 @@ class Pool:
             self._runnable += 1
             emit("info", "task.submitted", pool=self.path, task_id=record.id, key=record.key)
         else:
-            emit("warning", "task.rejected", pool=self.path, task_id=record.id, reason=reason)
+            emit(
+                "warning",
+                "task.rejected",
+                pool=self.path,
+                task_id=record.id,
+                key=record.key,
+                reason=reason,
+            )
         return task
 
     def _attach(self, task: _Task, fn: TaskFunction, args: tuple[Any, ...]) -> None:
@@ -585,7 +600,10 @@ class Pool:
         record = task.record
         if record.status is Status.COMPLETED:
             assert not isinstance(record.result, msgspec.UnsetType)
-            decoder = _plain_decoder if task.fn is None else _decoder_for(task.fn)
+            fn = task.fn
+            if fn is None and record.name is not None:
+                fn = lookup(record.name)  # a registered function types its stored result too
+            decoder = _plain_decoder if fn is None else _decoder_for(fn)
             if decoder is not None:
                 with contextlib.suppress(msgspec.ValidationError):
                     return decoder.decode(record.result)
@@ -736,7 +754,15 @@ class Pool:
             ),
         )
         level = "info" if status is Status.CANCELLED else "warning"
-        emit(level, f"task.{status.value}", pool=self.path, task_id=task.record.id, reason=reason)
+        record = task.record
+        emit(
+            level,
+            f"task.{status.value}",
+            pool=self.path,
+            task_id=record.id,
+            key=record.key,
+            reason=reason,
+        )
 
     def _failed_attempt(self, task: _Task, exc: BaseException, now: float) -> None:
         record = task.record
@@ -843,7 +869,7 @@ class Pool:
             return
         try:
             raw = msgspec.Raw(self._encoder.encode(value))
-        except (TypeError, msgspec.EncodeError, OverflowError) as exc:
+        except Exception as exc:  # also RecursionError, and errors from code msgspec calls
             error = ResultNotEncodableError(
                 f"task {task.record.id} returned a {_type_name(type(value))}, "
                 f"which cannot be stored as JSON: {exc}"
@@ -871,7 +897,7 @@ class Pool:
                 args=msgspec.UNSET,
             ),
         )
-        emit("debug", "task.completed", pool=self.path, task_id=task.record.id)
+        emit("debug", "task.completed", pool=self.path, task_id=task.record.id, key=task.record.key)
 
     async def _run_workers(self) -> None:
         with self._work_scope:
@@ -1022,7 +1048,7 @@ async def open_pool(
         emit(
             "warning",
             "journal.torn_tail",
-            path=opened.path,
+            pool=opened.path,
             line=torn.line,
             offset=torn.offset,
             length=torn.length,
@@ -1031,7 +1057,7 @@ async def open_pool(
     emit(
         "info",
         "pool.opened",
-        path=opened.path,
+        pool=opened.path,
         created=report.created,
         tasks=report.tasks,
         requeued=len(report.requeued),
@@ -1047,21 +1073,24 @@ async def open_pool(
         async with anyio.create_task_group() as tg:
             pool._start(tg)
             try:
-                yield pool
-            except BaseException as exc:
-                error = exc
-                await pool._abandon()
-            else:
                 try:
-                    await pool._drain()
-                except JournalWriteError as exc:
+                    yield pool
+                except BaseException as exc:
                     error = exc
-            tg.cancel_scope.cancel()
+                    await pool._abandon()
+                else:
+                    try:
+                        await pool._drain()
+                    except JournalWriteError as exc:
+                        error = exc
+            finally:
+                journal.stop()
+                tg.cancel_scope.cancel()
     finally:
         pool._closed = True
         pool._wake_all()
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(journal.close)
-        emit("info", "pool.closed", path=opened.path)
+        emit("info", "pool.closed", pool=opened.path)
     if error is not None:
         raise error

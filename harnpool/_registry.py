@@ -90,7 +90,7 @@ def encode_args(task_id: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> 
     """Encode a registered task's arguments, or refuse them before anything is written."""
     try:
         return msgspec.Raw(_encoder.encode(args))
-    except (TypeError, msgspec.EncodeError, OverflowError) as exc:
+    except Exception as exc:  # also RecursionError, and errors from code msgspec calls
         kinds = ", ".join(sorted({f"{type(a).__module__}.{type(a).__qualname__}" for a in args}))
         raise ArgumentsNotEncodableError(
             f"the arguments of {registered_name(fn)!r} cannot be stored as JSON "

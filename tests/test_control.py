@@ -121,6 +121,13 @@ class TestRegisteredTasks:
                 assert await pool.wait("t1") == "attached"
         assert any(e["event"] == "task.unresolved" for e in logs)
 
+    async def test_a_registered_result_is_typed_after_reopen(self, journal_path: Path) -> None:
+        async with harnpool.open_pool(journal_path) as pool:
+            task_id = await pool.submit(pack, Order(1, ()), False)
+            await pool.wait(task_id)
+        async with harnpool.open_pool(journal_path) as pool:  # nothing re-attached
+            assert await pool.wait(task_id) == Order(10, ())
+
     def test_one_name_cannot_mean_two_functions(self) -> None:
         async def other(order: Order, gift: bool) -> Order:
             return order
@@ -434,3 +441,7 @@ class TestEvents:
             task_id,
             "e1",
         )
+        for event in logs:  # every event names its pool; every task event its task and key
+            assert event["pool"] == str(journal_path), event
+            if event["event"].startswith("task."):
+                assert {"task_id", "key"} <= event.keys(), event

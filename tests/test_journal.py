@@ -299,12 +299,32 @@ class TestGroupCommit:
                 assert len(batches) == 1
                 await journal.flush()
                 assert journal.flushes == 1
-                tg.cancel_scope.cancel()
+                journal.stop()
         finally:
             journal.close()
         loaded = load(journal_path)
         assert loaded is not None
         assert len(loaded.tasks) == 100
+
+    async def test_the_writer_outlives_a_cancellation_until_stopped(
+        self, journal_path: Path
+    ) -> None:
+        journal = Journal(await anyio.to_thread.run_sync(open_sync_unregistered, journal_path))
+        try:
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(journal.run)
+                    await anyio.wait_all_tasks_blocked()
+                    tg.cancel_scope.cancel()  # as when the scope around a pool is cancelled
+                    batch = journal.append(task(1))
+                    with anyio.CancelScope(shield=True):
+                        await batch.wait()  # still written: the writer is shielded
+                    journal.stop()
+        finally:
+            journal.close()
+        loaded = load(journal_path)
+        assert loaded is not None
+        assert list(loaded.tasks) == ["t1"]
 
     async def test_a_failed_fsync_stops_the_journal_and_is_not_retried(
         self, journal_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -332,7 +352,7 @@ class TestGroupCommit:
                     await later.wait()
                 with pytest.raises(JournalWriteError):
                     await journal.flush()
-                tg.cancel_scope.cancel()
+                journal.stop()  # the writer already returned on the failure
         finally:
             journal.close()
         assert len(calls) == 1
