@@ -28,8 +28,9 @@ lint: $(STAMP)  ## ruff: lint and formatting.
 typecheck: $(STAMP)  ## mypy --strict over the package, tests, examples and benchmarks.
 	$(BIN)/mypy
 
-pytest: $(STAMP)  ## The test suite alone.
+pytest: $(STAMP)  ## The test suite alone: everything under asyncio, then the async tests under trio.
 	$(BIN)/pytest -q
+	$(BIN)/pytest -q --backend trio
 
 test: lint typecheck pytest  ## Lint, type-check and test: what CI runs.
 

@@ -1,9 +1,16 @@
-"""Shared fixtures and the ``--run-slow`` switch for the long crash and fuzz runs."""
+"""Shared fixtures, the ``--run-slow`` switch for the long runs, and ``--backend``.
+
+Async tests run under asyncio through pytest-asyncio by default; ``--backend trio``
+runs the same async tests under trio through anyio's pytest plugin (the sync tests
+do not depend on the event loop and are deselected there).
+"""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -16,15 +23,46 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="run the long tests marked slow (make stress)",
     )
+    parser.addoption(
+        "--backend",
+        choices=["asyncio", "trio"],
+        default="asyncio",
+        help="the event loop for async tests (trio runs only the async tests)",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: Any) -> None:
+    # Mark every async test for its runner before pytest-asyncio (strict mode) looks.
+    if inspect.iscoroutinefunction(obj) and name.startswith("test"):
+        if collector.config.getoption("--backend") == "trio":
+            pytest.mark.anyio(obj)
+        else:
+            pytest.mark.asyncio(obj)
+
+
+@pytest.fixture
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """The backend anyio's plugin runs async tests on, under ``--backend trio``."""
+    backend: str = request.config.getoption("--backend")
+    return backend
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--backend") == "trio":
+        keep = [i for i in items if isinstance(i, pytest.Function) and _is_async(i)]
+        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        items[:] = keep
     if config.getoption("--run-slow"):
         return
     skip = pytest.mark.skip(reason="long run: use make stress (pytest --run-slow)")
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def _is_async(item: pytest.Function) -> bool:
+    return inspect.iscoroutinefunction(item.obj) and "asyncio_only" not in item.keywords
 
 
 @pytest.fixture(autouse=True)

@@ -13,6 +13,9 @@ from blockbuster import BlockBuster, BlockBusterFunction, BlockingError, blockbu
 import harnpool
 from harnpool import Job
 
+# blockbuster watches the asyncio event loop's thread.
+pytestmark = pytest.mark.asyncio_only
+
 
 @pytest.fixture
 def blockbuster() -> Iterator[BlockBuster]:
