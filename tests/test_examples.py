@@ -18,6 +18,31 @@ EXPECTED = {
         "resumed: 12 results",
     ],
     "02_inspect_journal.py": ["$ harnpool inspect", "$ harnpool salvage", "$ harnpool compact"],
+    "03_registered_tasks.py": [
+        "killed with SIGKILL",
+        "pool.recovery.resumed (running now, nothing submitted)",
+        "refused at submit, nothing written",
+    ],
+    "04_retries_and_timeouts.py": [
+        "flaky: '/a: 200 OK' after 3 attempts",
+        "slow: failed, attempts=2: builtins.TimeoutError",
+        "wait(timeout=0.05): task",
+    ],
+    "05_cancel_and_backpressure.py": [
+        "cancel(finished task) -> False",
+        "QueueFull (3 tasks written)",
+        "TaskRejected: drop_oldest_queue_full",
+    ],
+    "06_strategies_and_retention.py": [
+        "strategy='fair'                     big1 small1 big2 small2 big3 big4",
+        "dropped_finished=3",
+    ],
+    "07_events.py": [
+        "before structlog.configure: 0 characters of output",
+        "event='task.retry_scheduled'",
+        "event='journal.torn_tail'",
+    ],
+    "08_trio.py": ["checksum from a worker thread", "reopened under trio: resumed ('t8',)"],
 }
 
 
