@@ -1,6 +1,82 @@
-"""Run every benchmark (placeholder until the suite lands)."""
+"""Run every benchmark (P1 to P5), print one summary table against the targets,
+and write ``summary.json`` beside each scenario's own JSON.
 
-import sys
+Usage: ``python benchmarks/run_all.py [--quick] [--runs N] [--out DIR] [--journal-dir DIR]``
+(``make bench`` runs it with the defaults: full sizes, 3 runs per scenario, the
+median run kept, results in benchmarks/results/). ``--quick`` runs tiny sizes
+once, only to show that the scripts work; its figures mean nothing.
+"""
 
-print("no benchmarks yet", file=sys.stderr)
-sys.exit(1)
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from typing import Any
+
+import _bench
+import msgspec
+import p1_serial_submit
+import p2_concurrent
+import p3_submit_many
+import p4_replay
+import p5_latency
+
+SCENARIOS = [p1_serial_submit, p2_concurrent, p3_submit_many, p4_replay, p5_latency]
+
+Compare = Callable[[float, float], bool]
+
+#: (scenario, metric, what the target says, comparison, threshold, unit)
+TARGETS: list[tuple[str, str, str, Compare, float, str]] = [
+    ("p1_serial_submit", "ratio_vs_bare_loop", "P1 vs bare write+fdatasync", operator.ge, 0.9, "x"),
+    ("p2_concurrent", "ratio_vs_aiojobs", "P2 vs aiojobs", operator.ge, 0.7, "x"),
+    ("p2_concurrent", "ratio_vs_persist_queue", "P2 vs persist-queue", operator.ge, 50.0, "x"),
+    ("p3_submit_many", "submit_tasks_per_s", "P3 submit_many", operator.ge, 200_000.0, "tasks/s"),
+    ("p4_replay", "open_seconds", "P4 replay + compact", operator.le, 1.5, "s"),
+    ("p4_replay", "retained_rss_bytes_per_task", "P4 RSS per task", operator.le, 300.0, "B"),
+    ("p5_latency", "p99_ms", "P5 idle dispatch p99", operator.le, 1.0, "ms"),
+]
+
+
+def main() -> None:
+    cfg = _bench.config_from(_bench.parser(__doc__).parse_args())
+    documents: dict[str, dict[str, Any]] = {}
+    try:
+        for scenario in SCENARIOS:
+            documents[scenario.NAME] = _bench.measure(
+                cfg, scenario.NAME, scenario.__doc__, scenario.HEADLINE, scenario.run_once
+            )
+    finally:
+        _bench.cleanup(cfg)
+    rows: list[_bench.Row] = []
+    for name, metric, label, compare, threshold, unit in TARGETS:
+        value = float(documents[name]["metrics"][metric])
+        sign = ">=" if compare is operator.ge else "<="
+        rows.append(
+            {
+                "target": label,
+                "measured": value,
+                "goal": f"{sign} {threshold:,g} {unit}",
+                "met": "yes" if compare(value, threshold) else "NO",
+            }
+        )
+    extra = [
+        ("P2 fsyncs per task", documents["p2_concurrent"]["metrics"]["fsyncs_per_task"]),
+        ("P3 fsyncs per task", documents["p3_submit_many"]["metrics"]["fsyncs_per_task"]),
+        ("P5 idle dispatch p50", documents["p5_latency"]["metrics"]["p50_ms"]),
+    ]
+    for label, value in extra:
+        rows.append({"target": label, "measured": float(value), "goal": "", "met": ""})
+    title = "\nsummary (median run of each scenario)"
+    if cfg.quick:
+        title += " -- QUICK MODE: tiny sizes, the figures mean nothing"
+    print(_bench.table(rows, title))
+    summary = {
+        "targets": rows,
+        "scenarios": {name: doc["metrics"] for name, doc in documents.items()},
+        "environment": _bench.environment(cfg),
+    }
+    (cfg.out / "summary.json").write_bytes(msgspec.json.format(msgspec.json.encode(summary)))
+
+
+if __name__ == "__main__":
+    main()
