@@ -1,0 +1,180 @@
+"""The benchmark scripts run and write the results they promise.
+
+They run in ``--quick`` mode (tiny sizes) into a temporary directory, so the
+committed results under benchmarks/results/ are never touched. No timing is
+asserted: speed is what the benchmarks report, not what the tests check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+RESULTS = BENCHMARKS / "results"
+
+#: Every scenario's JSON and the metrics it must carry.
+EXPECTED: dict[str, set[str]] = {
+    "p1_serial_submit": {
+        "tasks",
+        "harnpool_tasks_per_s",
+        "bare_loop_tasks_per_s",
+        "ratio_vs_bare_loop",
+        "flushes_per_task",
+        "fsyncs_per_task",
+    },
+    "p2_concurrent": {
+        "tasks",
+        "persist_queue_tasks",
+        "harnpool_tasks_per_s",
+        "aiojobs_tasks_per_s",
+        "asyncio_queue_tasks_per_s",
+        "persist_queue_tasks_per_s",
+        "ratio_vs_aiojobs",
+        "ratio_vs_asyncio_queue",
+        "ratio_vs_persist_queue",
+        "flushes_per_task",
+        "fsyncs_per_task",
+    },
+    "p3_submit_many": {
+        "tasks",
+        "submit_tasks_per_s",
+        "submit_alone_tasks_per_s",
+        "end_to_end_tasks_per_s",
+        "flushes_per_task",
+        "fsyncs_per_task",
+    },
+    "p4_replay": {
+        "records",
+        "tasks",
+        "journal_bytes",
+        "open_seconds",
+        "retained_rss_bytes_per_task",
+        "peak_rss_bytes_per_task",
+        "finished_tasks",
+        "requeued_tasks",
+    },
+    "p5_latency": {"samples", "p50_ms", "p99_ms", "max_ms"},
+}
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _snapshot(directory: Path) -> dict[str, tuple[int, int]]:
+    if not directory.is_dir():
+        return {}
+    return {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in directory.iterdir()}
+
+
+def _load(path: Path) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(path.read_text())
+    return document
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """Run the whole suite once in quick mode; return its output directory and stdout."""
+    out = tmp_path_factory.mktemp("bench-results")
+    journals = tmp_path_factory.mktemp("bench-journals")
+    committed = _snapshot(RESULTS)
+    done = _run(
+        str(BENCHMARKS / "run_all.py"),
+        "--quick",
+        "--out",
+        str(out),
+        "--journal-dir",
+        str(journals),
+        cwd=tmp_path_factory.getbasetemp(),
+    )
+    assert done.returncode == 0, done.stderr
+    assert _snapshot(RESULTS) == committed, "the quick run touched the committed results"
+    # the journals went under --journal-dir, and were removed afterwards
+    assert list(journals.iterdir()) == []
+    return out, done.stdout
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_scenario_writes_its_metrics(quick_run: tuple[Path, str], name: str) -> None:
+    out, stdout = quick_run
+    document = _load(out / f"{name}.json")
+    assert document["name"] == name
+    assert EXPECTED[name] <= set(document["metrics"])
+    assert all(isinstance(v, int | float) for v in document["metrics"].values())
+    assert document["headline"] in document["metrics"]
+    assert len(document["runs"]) == 1
+    assert document["rows"]
+    assert document["description"]  # the script's docstring says what it measures
+    environment = document["environment"]
+    assert environment["quick"] is True
+    assert environment["journal_filesystem"] not in ("tmpfs", "ramfs")
+    assert f"\n{name}: " in stdout  # its table was printed
+
+
+def test_summary_lists_every_target(quick_run: tuple[Path, str]) -> None:
+    out, stdout = quick_run
+    summary = _load(out / "summary.json")
+    assert set(summary["scenarios"]) == set(EXPECTED)
+    targets = {row["target"]: row for row in summary["targets"]}
+    for label in (
+        "P1 vs bare write+fdatasync",
+        "P2 vs aiojobs",
+        "P2 vs persist-queue",
+        "P3 submit_many",
+        "P4 replay + compact",
+        "P4 RSS per task",
+        "P5 idle dispatch p99",
+    ):
+        assert targets[label]["met"] in ("yes", "NO")
+    assert "QUICK MODE" in stdout
+
+
+def test_durable_scenarios_count_fsyncs(quick_run: tuple[Path, str]) -> None:
+    out, _ = quick_run
+    for name in ("p1_serial_submit", "p2_concurrent", "p3_submit_many"):
+        metrics = _load(out / f"{name}.json")["metrics"]
+        # the counting wrapper and the pool's own count agree, and something was synced
+        assert metrics["fsyncs_per_task"] == metrics["flushes_per_task"] > 0
+
+
+def test_replay_scenario_reopens_every_task(quick_run: tuple[Path, str]) -> None:
+    metrics = _load(quick_run[0] / "p4_replay.json")["metrics"]
+    assert metrics["records"] == 4 * metrics["tasks"]
+    assert metrics["finished_tasks"] == 0.8 * metrics["tasks"]
+    assert metrics["requeued_tasks"] == 0.1 * metrics["tasks"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm here")
+def test_refuses_a_memory_filesystem_for_journals(tmp_path: Path) -> None:
+    done = _run(
+        str(BENCHMARKS / "p5_latency.py"),
+        "--quick",
+        "--out",
+        str(tmp_path),
+        "--journal-dir",
+        "/dev/shm",
+        cwd=tmp_path,
+    )
+    with open("/proc/self/mountinfo") as f:
+        shm_is_memory = any(
+            line.split()[4] == "/dev/shm" and line.split(" - ")[1].startswith("tmpfs") for line in f
+        )
+    if not shm_is_memory:
+        pytest.skip("/dev/shm is not a memory filesystem here")
+    assert done.returncode != 0
+    assert "real disk" in done.stderr
+    assert not (tmp_path / "p5_latency.json").exists()
