@@ -1,5 +1,8 @@
 """Crash and resume: a child process submits jobs and is killed with SIGKILL mid-way;
-the journal is reopened, the work resumes, and nothing that finished runs twice.
+the journal is reopened, the work resumes on its own, and nothing that finished runs twice.
+
+The job function is registered with ``harnpool.task``, so the journal holds its
+name and arguments: the reopened pool needs nobody to submit anything again.
 
 Run it with ``make demo`` or ``python examples/01_crash_resume.py [DIRECTORY]``.
 """
@@ -31,6 +34,7 @@ class Report(msgspec.Struct, frozen=True):
     pid: int
 
 
+@harnpool.task(name="demo.process")
 def process(directory: str, number: int) -> Report:
     """The work: log the start, take a while, log the end.
 
@@ -46,21 +50,37 @@ def process(directory: str, number: int) -> Report:
     return Report(number=number, square=number * number, pid=os.getpid())
 
 
-async def submit_everything(directory: str, *, announce: bool = False) -> dict[str, Report]:
-    """Open the pool, submit (or re-attach) every job by key, and wait for all of them."""
-    journal = os.path.join(directory, "jobs.jsonl")
-    async with harnpool.open_pool(journal, max_concurrent=2) as pool:
+async def submit_everything(directory: str) -> None:
+    """The child: submit every job, say so, and wait for the results (it is killed first)."""
+    async with harnpool.open_pool(os.path.join(directory, "jobs.jsonl"), max_concurrent=2) as pool:
         ids = [
             await pool.submit(process, directory, n, key=f"job-{n}", priority=-n)
             for n in range(JOBS)
         ]
-        if announce:
-            print("submitted", flush=True)
-        return {task_id: await pool.wait(task_id) for task_id in ids}
+        print("submitted", flush=True)
+        for task_id in ids:
+            await pool.wait(task_id)
+
+
+async def resume(directory: str) -> tuple[set[str], dict[str, Report]]:
+    """Reopen the journal: show what survived, and wait while the rest runs on its own."""
+    async with harnpool.open_pool(os.path.join(directory, "jobs.jsonl"), max_concurrent=2) as pool:
+        report = pool.recovery
+        print(f"\nreopened {report.path}")
+        print(f"  tasks in the journal:       {report.tasks}")
+        print(f"  finished before the crash:  {report.finished}")
+        requeued = ", ".join(report.requeued)
+        print(f"  interrupted while running:  {len(report.requeued)} (queued again: {requeued})")
+        print(f"  resumed without resubmit:   {len(report.resumed)}")
+        finished = {
+            info.key or info.id for info in pool.tasks() if info.status is harnpool.Status.COMPLETED
+        }
+        results = {info.key or info.id: await pool.wait(info.id) for info in pool.tasks()}
+        return finished, results
 
 
 def run_child(directory: str) -> None:
-    anyio.run(lambda: submit_everything(directory, announce=True))
+    anyio.run(submit_everything, directory)
 
 
 def number(key: str) -> int:
@@ -75,19 +95,6 @@ def log_lines(directory: str) -> list[tuple[str, int]]:
         (word, int(n))
         for word, n, _pid in (line.split() for line in path.read_text().split("\n") if line)
     ]
-
-
-async def inspect_after_crash(directory: str) -> dict[str, harnpool.Status]:
-    """Open the journal alone (attaching nothing) to show what survived."""
-    async with harnpool.open_pool(os.path.join(directory, "jobs.jsonl")) as pool:
-        report = pool.recovery
-        print(f"\nreopened {report.path}")
-        print(f"  tasks in the journal:       {report.tasks}")
-        print(f"  finished before the crash:  {report.finished}")
-        requeued = ", ".join(report.requeued)
-        print(f"  interrupted while running:  {len(report.requeued)} (queued again: {requeued})")
-        print(f"  still queued (incl. those): {report.queued}")
-        return {info.key or info.id: info.status for info in pool.tasks()}
 
 
 def main() -> int:
@@ -114,13 +121,9 @@ def main() -> int:
     child.wait()
     print(f"child {child.pid} killed with SIGKILL")
 
-    # 2. Reopen: see what the journal says.
-    before = anyio.run(inspect_after_crash, directory)
-    finished_before = {key for key, status in before.items() if status is harnpool.Status.COMPLETED}
-
-    # 3. Resume: submitting the same keys re-attaches the function to unfinished tasks;
-    #    finished ones just return their stored result.
-    results = anyio.run(submit_everything, directory)
+    # 2. Reopen: the pool finds the unfinished jobs' function by its registered
+    #    name and runs them on its own; finished ones keep their stored result.
+    finished_before, results = anyio.run(resume, directory)
     starts = collections.Counter(n for word, n in log_lines(directory) if word == "start")
 
     print(f"\nresumed: {len(results)} results")
