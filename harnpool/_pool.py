@@ -88,6 +88,16 @@ def _qualified_name(obj: object) -> str:
     return f"{module}.{name}"
 
 
+_cached_qualified_name = functools.lru_cache(maxsize=1024)(_qualified_name)
+
+
+def _function_name(fn: object) -> str:
+    try:
+        return _cached_qualified_name(fn)
+    except TypeError:  # an unhashable callable object: nothing to cache it by
+        return _qualified_name(fn)
+
+
 def _type_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
@@ -138,10 +148,21 @@ class Job:
         return f"Job({_qualified_name(self.fn)}, *{self.args!r}, key={self.key!r})"
 
 
-def _is_async(fn: object) -> bool:
+def _check_async(fn: object) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
         getattr(fn, "__call__", None)  # noqa: B004 - an object with an async __call__
     )
+
+
+_cached_check_async = functools.lru_cache(maxsize=1024)(_check_async)
+
+
+def _is_async(fn: object) -> bool:
+    """Whether ``fn`` is awaited rather than run in a thread (cached: it is asked per run)."""
+    try:
+        return _cached_check_async(fn)
+    except TypeError:  # an unhashable callable object: nothing to cache it by
+        return _check_async(fn)
 
 
 @functools.lru_cache(maxsize=256)
@@ -237,6 +258,8 @@ class Pool:
         self._runnable = 0
         self._idle = anyio.Event()
         self._room = anyio.Event()
+        self._bounded = settings.max_queued is not None
+        self._retry_on = _retry_names(settings.retry_on)
         self._closed = False
         self._work_scope = anyio.CancelScope()
         self._tg: anyio.abc.TaskGroup | None = None
@@ -405,30 +428,30 @@ class Pool:
         prepared = [self._prepare(job) for job in jobs]  # every check before any write
         self._check_usable()
         tasks: list[_Task] = []
-        new: list[_Task] = []
         try:
             for job, (record, stored_args) in zip(jobs, prepared, strict=True):
                 existing = self._existing(job)
                 if existing is not None:
                     tasks.append(existing)
                     continue
-                reason = await self._admit()
-                existing = self._existing(job)  # admit may have waited: look again
-                if existing is not None:
-                    tasks.append(existing)
-                    continue
-                task = self._add(job, record, stored_args, reason)
-                tasks.append(task)
-                if reason is None:
-                    new.append(task)
+                reason = None
+                if self._bounded:
+                    reason = await self._admit()
+                    existing = self._existing(job)  # admit may have waited: look again
+                    if existing is not None:
+                        tasks.append(existing)
+                        continue
+                tasks.append(self._add(job, record, stored_args, reason))
         finally:
-            # Shielded: appended records will become durable, and a new task must
-            # then be queued even if this submitter is cancelled meanwhile.
-            with anyio.CancelScope(shield=True):
-                for batch in {id(t.batch): t.batch for t in tasks if t.batch}.values():
-                    await batch.wait()
-                for task in new:
-                    self._enqueue(task)
+            # Each new task is queued by its batch's callback once durable (see
+            # _add), so a submitter cancelled here loses nothing: no shield needed.
+            seen: Batch | None = None
+            for task in tasks:
+                batch = task.batch
+                if batch is not None and batch is not seen:
+                    seen = batch
+                    if not batch.durable:
+                        await batch.wait()
         return [task.record.id for task in tasks]
 
     def _prepare(self, job: Job) -> tuple[TaskRecord, Any]:
@@ -438,7 +461,7 @@ class Pool:
         settings = self._settings
         name = registered_name(job.fn)
         stored = encode_args("", job.fn, job.args) if name is not None else msgspec.UNSET
-        retry_on = _retry_names(job.retry_on if job.retry_on is not None else settings.retry_on)
+        retry_on = self._retry_on if job.retry_on is None else _retry_names(job.retry_on)
         record = TaskRecord(
             id="",
             seq=0,
@@ -446,7 +469,7 @@ class Pool:
             submitted_at=0.0,
             priority=job.priority,
             key=job.key,
-            function=_qualified_name(job.fn),
+            function=_function_name(job.fn),
             name=name,
             args=stored,
             group=job.group,
@@ -515,8 +538,10 @@ class Pool:
         if job.key is not None:
             self._by_key[job.key] = record.id
         self._counts[record.status] += 1
-        task.batch = self._journal.append(record)
+        batch = task.batch = self._journal.append(record)
         if reason is None:
+            # Queued once durable, whatever becomes of the submitter meanwhile.
+            batch.on_durable.append(functools.partial(self._ready.put, task))
             self._queued[record.id] = task
             self._runnable += 1
             emit("info", "task.submitted", pool=self.path, task_id=record.id, key=record.key)
@@ -593,7 +618,7 @@ class Pool:
                 task.done = anyio.Event()
             await task.done.wait()
             self._check_usable()
-        if task.batch is not None:
+        if task.batch is not None and not task.batch.durable:
             await task.batch.wait()
 
     def _outcome(self, task: _Task) -> Any:
@@ -729,7 +754,8 @@ class Pool:
         task.record = record
         if old is Status.QUEUED and record.status is not Status.QUEUED:
             del self._queued[record.id]
-            self._room.set()
+            if self._bounded:
+                self._room.set()
         elif record.status is Status.QUEUED and old is not Status.QUEUED:
             self._queued[record.id] = task
         return self._journal.append(record)
@@ -743,7 +769,8 @@ class Pool:
             if self._runnable == 0:
                 self._idle.set()
         if task.done is not None:
-            task.done.set()
+            # Wake waiters once the final record is durable: one wake-up, not two.
+            task.batch.on_durable.append(task.done.set)
 
     def _end(self, task: _Task, status: Status, *, reason: str) -> None:
         """Record a task cancelled or rejected without a (further) run."""

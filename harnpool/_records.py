@@ -35,7 +35,9 @@ class Status(enum.StrEnum):
 FINISHED = frozenset({Status.COMPLETED, Status.FAILED, Status.REJECTED, Status.CANCELLED})
 
 
-class Header(msgspec.Struct, tag="header", tag_field="kind", kw_only=True, frozen=True):
+# gc=False: records hold only strings, numbers and tuples of strings, never a
+# cycle, so the collector need not track the millions a large journal decodes to.
+class Header(msgspec.Struct, tag="header", tag_field="kind", kw_only=True, frozen=True, gc=False):
     """The first line of every journal: its format and the pool's metadata."""
 
     format: int
@@ -49,7 +51,13 @@ class Header(msgspec.Struct, tag="header", tag_field="kind", kw_only=True, froze
 
 
 class TaskRecord(
-    msgspec.Struct, tag="task", tag_field="kind", kw_only=True, frozen=True, omit_defaults=True
+    msgspec.Struct,
+    tag="task",
+    tag_field="kind",
+    kw_only=True,
+    frozen=True,
+    omit_defaults=True,
+    gc=False,
 ):
     """A snapshot of one task, appended at every transition."""
 
