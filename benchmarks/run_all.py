@@ -20,8 +20,9 @@ import p2_concurrent
 import p3_submit_many
 import p4_replay
 import p5_latency
+import p6_events
 
-SCENARIOS = [p1_serial_submit, p2_concurrent, p3_submit_many, p4_replay, p5_latency]
+SCENARIOS = [p1_serial_submit, p2_concurrent, p3_submit_many, p4_replay, p5_latency, p6_events]
 
 Compare = Callable[[float, float], bool]
 
@@ -34,6 +35,8 @@ TARGETS: list[tuple[str, str, str, Compare, float, str]] = [
     ("p4_replay", "open_seconds", "P4 replay + compact", operator.le, 1.5, "s"),
     ("p4_replay", "retained_rss_bytes_per_task", "P4 RSS per task", operator.le, 300.0, "B"),
     ("p5_latency", "p99_ms", "P5 idle dispatch p99", operator.le, 1.0, "ms"),
+    ("p6_events", "overhead_unconfigured_pct", "P6 events, structlog unset", operator.le, 5.0, "%"),
+    ("p6_events", "overhead_warning_pct", "P6 events, WARNING level", operator.le, 5.0, "%"),
 ]
 
 

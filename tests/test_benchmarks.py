@@ -61,6 +61,12 @@ EXPECTED: dict[str, set[str]] = {
         "requeued_tasks",
     },
     "p5_latency": {"samples", "p50_ms", "p99_ms", "max_ms"},
+    "p6_events": {
+        "cpu_us_per_task_no_events",
+        "cpu_us_per_task_unconfigured",
+        "overhead_unconfigured_pct",
+        "overhead_warning_pct",
+    },
 }
 
 
@@ -138,6 +144,8 @@ def test_summary_lists_every_target(quick_run: tuple[Path, str]) -> None:
         "P4 replay + compact",
         "P4 RSS per task",
         "P5 idle dispatch p99",
+        "P6 events, structlog unset",
+        "P6 events, WARNING level",
     ):
         assert targets[label]["met"] in ("yes", "NO")
     assert "QUICK MODE" in stdout
