@@ -429,7 +429,7 @@ class Pool:
         self._check_usable()
         tasks: list[_Task] = []
         try:
-            for job, (record, stored_args) in zip(jobs, prepared, strict=True):
+            for job, record in zip(jobs, prepared, strict=True):
                 existing = self._existing(job)
                 if existing is not None:
                     tasks.append(existing)
@@ -441,7 +441,7 @@ class Pool:
                     if existing is not None:
                         tasks.append(existing)
                         continue
-                tasks.append(self._add(job, record, stored_args, reason))
+                tasks.append(self._add(job, record, reason))
         finally:
             # Each new task is queued by its batch's callback once durable (see
             # _add), so a submitter cancelled here loses nothing: no shield needed.
@@ -454,15 +454,15 @@ class Pool:
                         await batch.wait()
         return [task.record.id for task in tasks]
 
-    def _prepare(self, job: Job) -> tuple[TaskRecord, Any]:
+    def _prepare(self, job: Job) -> TaskRecord:
         """Check a job and build its record (id and seq are filled in later)."""
         _check_function(job.fn)
         _check_retry(job.retries, job.timeout)
         settings = self._settings
         name = registered_name(job.fn)
-        stored = encode_args("", job.fn, job.args) if name is not None else msgspec.UNSET
+        stored = encode_args(job.fn, job.args) if name is not None else msgspec.UNSET
         retry_on = self._retry_on if job.retry_on is None else _retry_names(job.retry_on)
-        record = TaskRecord(
+        return TaskRecord(
             id="",
             seq=0,
             status=Status.QUEUED,
@@ -477,7 +477,6 @@ class Pool:
             retry_on=retry_on,
             timeout=settings.timeout if job.timeout is None else job.timeout,
         )
-        return record, stored
 
     def _existing(self, job: Job) -> _Task | None:
         if job.key is None:
@@ -522,13 +521,11 @@ class Pool:
             self._check_usable()
         return None
 
-    def _add(self, job: Job, template: TaskRecord, stored: Any, reason: str | None) -> _Task:
+    def _add(self, job: Job, template: TaskRecord, reason: str | None) -> _Task:
         self._counter += 1
         seq = self._counter
         now = time.time()
-        record = msgspec.structs.replace(
-            template, id=f"t{seq}", seq=seq, submitted_at=now, args=stored
-        )
+        record = msgspec.structs.replace(template, id=f"t{seq}", seq=seq, submitted_at=now)
         if reason is not None:
             record = msgspec.structs.replace(
                 record, status=Status.REJECTED, finished_at=now, reason=reason

@@ -86,7 +86,7 @@ def lookup(name: str) -> Callable[..., Any] | None:
     return fn
 
 
-def encode_args(task_id: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> msgspec.Raw:
+def encode_args(fn: Callable[..., Any], args: tuple[Any, ...]) -> msgspec.Raw:
     """Encode a registered task's arguments, or refuse them before anything is written."""
     try:
         return msgspec.Raw(_encoder.encode(args))
