@@ -13,10 +13,24 @@ import structlog
 
 __all__ = ["emit"]
 
-_logger = structlog.get_logger("harnpool")
+# structlog's lazy logger proxy builds a new bound logger on every call; one is
+# built per configuration instead, and built again whenever the configuration
+# (processors included, which capture_logs swaps in place) changes.
+_bound: tuple[tuple[object, ...], Any] | None = None
 
 
 def emit(level: str, event: str, /, **fields: Any) -> None:
     """Log ``event`` at ``level`` with ``fields`` if the application set up structlog."""
-    if structlog.is_configured():
-        getattr(_logger, level)(event, **fields)
+    global _bound
+    if not structlog.is_configured():
+        return
+    config = structlog.get_config()
+    signature = (
+        config["wrapper_class"],
+        config["logger_factory"],
+        config["context_class"],
+        *config["processors"],
+    )
+    if _bound is None or _bound[0] != signature:
+        _bound = (signature, structlog.get_logger("harnpool").bind())
+    getattr(_bound[1], level)(event, **fields)
