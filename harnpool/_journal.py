@@ -342,8 +342,6 @@ class Opened:
     interrupted: list[str] = field(default_factory=list)
     #: How many finished tasks retention dropped.
     dropped: int = 0
-    #: The strategy the journal was last opened with (before this open).
-    previous_strategy: str | None = None
 
 
 def open_journal(
@@ -405,7 +403,6 @@ def open_journal(
         created=loaded is None,
         interrupted=interrupted,
         dropped=dropped,
-        previous_strategy=None if loaded is None else loaded.header.strategy,
     )
 
 
