@@ -1,22 +1,35 @@
-# Thin targets; each one creates the virtualenv when it is missing or stale.
+# Thin targets; each one creates the virtualenv when it is missing, and reinstalls
+# it from the lock file whenever requirements.lock or pyproject.toml changes.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+# uv resolves and installs; it lives beside the venv's packages, pinned like them.
+UV_VERSION := 0.13.9
+UV := $(VENV)/tools/bin/uv
+UV_ENV := PYTHONPATH=$(VENV)/tools
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint typecheck pytest bench stress clean
+.PHONY: help install lock demo test lint typecheck pytest bench stress clean
 
 help:  ## List the targets.
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(UV):
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet --target $(VENV)/tools uv==$(UV_VERSION)
+
+$(STAMP): $(LOCK) pyproject.toml | $(UV)
+	$(UV_ENV) $(UV) pip sync --quiet --python $(BIN)/python --require-hashes $(LOCK)
+	$(UV_ENV) $(UV) pip install --quiet --python $(BIN)/python --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-install: $(STAMP)  ## Create .venv and install harnpool with its dev extras.
+install: $(STAMP)  ## Create .venv and install harnpool with the exact versions in requirements.lock.
+
+lock: | $(UV)  ## Re-resolve requirements.lock from pyproject.toml's ranges (newest allowed versions).
+	$(UV_ENV) $(UV) pip compile --quiet --upgrade --universal --python-version 3.11 \
+		--generate-hashes --extra dev --extra bench -o $(LOCK) pyproject.toml
 
 demo: $(STAMP)  ## Run the crash-and-resume demo: submit, SIGKILL, reopen, resume.
 	$(BIN)/python examples/01_crash_resume.py

@@ -84,6 +84,19 @@ _by_seq = operator.attrgetter("seq")
 _UNDECODABLE = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 
+def _why(raw: bytes | memoryview, exc: BaseException) -> str:
+    """Say in harnpool's own words why a line could not be decoded."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply to decode"
+    try:
+        bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return f"invalid UTF-8 at byte {bad.start} of the line"
+    if isinstance(exc, msgspec.ValidationError):
+        return f"not a journal record ({exc})"
+    return f"not valid JSON ({exc})"
+
+
 def _lines(body: bytes) -> Iterator[tuple[int, int, bytes]]:
     """Yield ``(line number, byte offset, line)`` for every line of ``body``."""
     offset = 0
@@ -167,10 +180,13 @@ def _replay_slowly(
             last = number == len(lines) and torn is None
             if last and records:
                 return records, TornTail(
-                    line=number, offset=offset, length=len(raw) + 1, reason=f"undecodable: {exc}"
+                    line=number,
+                    offset=offset,
+                    length=len(raw) + 1,
+                    reason=f"undecodable: {_why(raw, exc)}",
                 )
             raise JournalCorruptError(
-                path=path, line=number, offset=offset, reason=str(exc)
+                path=path, line=number, offset=offset, reason=_why(raw, exc)
             ) from exc
         if not records and not isinstance(record, Header):
             raise JournalCorruptError(

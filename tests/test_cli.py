@@ -259,9 +259,11 @@ class TestVerify:
     ) -> None:
         offset = line_offset(journal, 3)
         journal.write_bytes(journal.read_bytes().replace(b'"id":"t2"', b'"id":"t\xff2"'))
+        bad_byte = journal.read_bytes().splitlines()[2].index(b"\xff")
         code, _, err = run("verify", journal)
         assert code == EXIT_UNREADABLE
-        assert_one_line_error(err, str(journal), "line 3", f"byte offset {offset}", "utf-8")
+        reason = f"invalid UTF-8 at byte {bad_byte}"
+        assert_one_line_error(err, str(journal), "line 3", f"byte offset {offset}", reason)
         new = journal.with_name("salvaged.jsonl")
         code, out, _ = run("salvage", journal, "-o", new)
         assert code == EXIT_OK

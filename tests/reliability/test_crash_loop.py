@@ -387,6 +387,7 @@ def test_crash_loop_loses_nothing_and_reruns_nothing_finished(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_crash_loop_survives_a_thousand_kills(
     tmp_path: Path, report_figures: ReportFigures
 ) -> None:

@@ -172,6 +172,7 @@ def test_fuzzed_journals_fail_only_with_harnpool_errors(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_fuzzed_journals_at_length(
     source: bytes, tmp_path: Path, report_figures: ReportFigures
 ) -> None:

@@ -237,6 +237,7 @@ test_pool_against_the_model = PoolMachine.TestCase
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_pool_against_the_model_at_length() -> None:
     run = settings(PoolMachine.TestCase.settings, max_examples=300, stateful_step_count=40)
     run_state_machine_as_test(PoolMachine, settings=run)
