@@ -1,8 +1,9 @@
 """The command-line tool: ``python -m harnpool`` or ``harnpool``.
 
 ``inspect`` and ``verify`` read a snapshot of the journal and never write, so
-they work while a pool has it open. ``compact`` and ``salvage`` take the
-journal's lock, as a pool does, and refuse while anyone else holds it.
+they work while a pool has it open. ``compact``, ``salvage``, ``cancel``,
+``fail`` and ``requeue`` take the journal's lock, as a pool does, and refuse
+while anyone else holds it.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import datetime
 import errno
 import fnmatch
 import os
+import stat
 import sys
 import time
+import unicodedata
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn
 
@@ -25,18 +28,21 @@ import msgspec
 from . import __version__
 from ._errors import JournalCorruptError, JournalLockedError, JournalVersionError
 from ._journal import (
+    _UNDECODABLE,
     Loaded,
     TornTail,
+    _check_format,
     _fsync_dir,
     _lines,
     _lock,
     _unlock,
+    _why,
     _write_all,
     compact,
     load,
     recover,
 )
-from ._records import FORMAT_VERSION, Header, Record, Status, TaskRecord
+from ._records import FINISHED, FORMAT_VERSION, Header, Record, Status, TaskRecord
 
 __all__ = ["main"]
 
@@ -46,6 +52,7 @@ EXIT_UNREADABLE = 2
 EXIT_LOCKED = 3
 EXIT_REFUSED = 4
 EXIT_OS_ERROR = 5
+EXIT_UNKNOWN_TASK = 6
 EXIT_USAGE = 64
 EXIT_INTERNAL = 70
 
@@ -53,13 +60,21 @@ _EXIT_CODES = f"""\
 exit codes:
   {EXIT_OK}   success
   {EXIT_TORN}   verify: the journal ends in a torn line (a write cut short); the rest is sound
-  {EXIT_UNREADABLE}   the journal is missing, corrupt, or written by a newer harnpool
-  {EXIT_LOCKED}   compact, salvage: another process holds the journal's lock
-  {EXIT_REFUSED}   salvage: the output exists (use --force) or is the journal itself
-  {EXIT_OS_ERROR}   a file could not be read or written
+  {EXIT_UNREADABLE}   the journal is missing, corrupt, or written by a newer harnpool;
+      salvage: no line of it could be kept
+  {EXIT_LOCKED}   compact, salvage, cancel, fail, requeue: another process holds the journal's lock
+  {EXIT_REFUSED}   salvage: the output exists (use --force) or is the journal itself;
+      cancel, fail, requeue: a task is not in a status the command applies to
+  {EXIT_OS_ERROR}   a file could not be read or written, or the path is not a file
+  {EXIT_UNKNOWN_TASK}   cancel, fail, requeue: the journal has no task with a given id
   {EXIT_USAGE}  the command line is wrong
   {EXIT_INTERNAL}  an unexpected error: a bug in harnpool
+
+cancel, fail and requeue change nothing unless every id given can be changed.
 """
+
+#: The ``error_type`` of a task failed with ``harnpool fail``.
+OPERATOR_ERROR_TYPE = "harnpool.operator"
 
 
 class _Failure(Exception):
@@ -72,6 +87,18 @@ class _Failure(Exception):
 
 def _missing(path: str) -> _Failure:
     return _Failure(f"journal {path!r} does not exist", EXIT_UNREADABLE)
+
+
+def _check_journal(path: str) -> None:
+    """Refuse a path that is not an existing regular file, before locking creates ``.lock``."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise _missing(path) from None
+    if stat.S_ISDIR(mode):
+        raise _Failure(f"journal {path!r} is a directory, not a journal file", EXIT_OS_ERROR)
+    if not stat.S_ISREG(mode):
+        raise _Failure(f"journal {path!r} is not a regular file", EXIT_OS_ERROR)
 
 
 def _load(path: str) -> Loaded:
@@ -147,12 +174,34 @@ def _when(timestamp: float | None, since: float | None = None) -> str:
 
 _ERROR_WIDTH = 72
 
+# Control characters (Cc), invisible formatting such as bidi overrides (Cf), and
+# line or paragraph separators would break a row or drive the terminal.
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Zl", "Zp"})
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _printable(text: str) -> str:
+    """``text`` with every character that is not safe in a terminal table escaped."""
+    if text.isprintable():
+        return text
+    out = []
+    for char in text:
+        if unicodedata.category(char) not in _UNPRINTABLE:
+            out.append(char)
+        elif char in _NAMED_ESCAPES:
+            out.append(_NAMED_ESCAPES[char])
+        elif ord(char) <= 0xFF:
+            out.append(f"\\x{ord(char):02x}")
+        else:
+            out.append(f"\\u{ord(char):04x}" if ord(char) <= 0xFFFF else f"\\U{ord(char):08x}")
+    return "".join(out)
+
 
 def _error_text(record: TaskRecord) -> str:
     if record.error_type is None and record.error_message is None:
         return ""
     kind = (record.error_type or "").removeprefix("builtins.")
-    text = " ".join(f"{kind}: {record.error_message or ''}".split())
+    text = _printable(" ".join(f"{kind}: {record.error_message or ''}".split()))
     if len(text) > _ERROR_WIDTH:
         text = text[: _ERROR_WIDTH - 1] + "…"
     return text
@@ -162,8 +211,8 @@ def _table(records: Sequence[TaskRecord]) -> str:
     header = ("ID", "KEY", "PRIORITY", "STATUS", "ATTEMPTS", "SUBMITTED", "STARTED", "FINISHED")
     rows = [
         (
-            r.id,
-            "-" if r.key is None else r.key,
+            _printable(r.id),
+            "-" if r.key is None else _printable(r.key),
             str(r.priority),
             r.status.value,
             str(r.attempts),
@@ -237,8 +286,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _compact(args: argparse.Namespace) -> int:
     path: str = args.journal
-    if not os.path.exists(path):
-        raise _missing(path)  # before locking, which would leave a lock file behind
+    _check_journal(path)  # before locking, which would leave a lock file behind
     lock_fd = _lock(path)
     try:
         before = os.stat(path).st_size
@@ -295,8 +343,10 @@ def _read_salvageable(path: str, data: bytes) -> _Salvage:
         length = len(raw) + (end < len(data))
         try:
             record = _decoder.decode(raw)
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            found.dropped.append(_Dropped(number, offset, length, f"undecodable: {exc}"))
+        except _UNDECODABLE as exc:
+            # A newer format's header may not decode here; its format still speaks for the file.
+            _check_format(path, raw)
+            found.dropped.append(_Dropped(number, offset, length, f"undecodable: {_why(raw, exc)}"))
             continue
         if isinstance(record, Header):
             if found.header is not None:
@@ -355,8 +405,12 @@ def _write_new_file(output: str, data: bytes, *, replace: bool) -> None:
 def _salvage(args: argparse.Namespace) -> int:
     path: str = args.journal
     output: str = args.output
-    if not os.path.exists(path):
-        raise _missing(path)
+    _check_journal(path)
+    directory = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(directory):
+        raise _Failure(
+            f"output {output!r}: its directory {directory!r} does not exist", EXIT_OS_ERROR
+        )
     if os.path.lexists(output):
         same = os.path.realpath(output) == os.path.realpath(path)
         if same or (os.path.exists(output) and os.path.samefile(output, path)):
@@ -366,6 +420,8 @@ def _salvage(args: argparse.Namespace) -> int:
             )
         if not args.force:
             raise _Failure(f"output {output!r} exists; pass --force to replace it", EXIT_REFUSED)
+        if os.path.isdir(output):
+            raise _Failure(f"output {output!r} is a directory", EXIT_REFUSED)
     lock_fds = [_lock(path)]
     try:
         if args.force and os.path.lexists(output):
@@ -373,6 +429,12 @@ def _salvage(args: argparse.Namespace) -> int:
         with open(path, "rb") as f:
             data = f.read()
         found = _read_salvageable(path, data)
+        if found.header is None and not found.records:
+            raise _Failure(
+                f"nothing to salvage in {path!r}: none of its {found.lines} lines is a "
+                f"decodable header or task record; wrote nothing",
+                EXIT_UNREADABLE,
+            )
         header_line = found.header_line
         if found.header is None:
             header_line = msgspec.json.encode(_synthesise_header(found))
@@ -399,6 +461,153 @@ def _salvage(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- cancel, fail, requeue -------------------------------------------------------------
+
+
+def _named(record: TaskRecord) -> str:
+    key = "" if record.key is None else f" (key {_printable(record.key)!r})"
+    return f"{_printable(record.id)}{key}"
+
+
+def _with_reason(text: str, reason: str | None) -> str:
+    return text if reason is None else f"{text}: {reason}"
+
+
+def _refuse_finished(record: TaskRecord) -> str | None:
+    if record.status in FINISHED:
+        return f"task {_named(record)} has already {record.status.value}"
+    return None
+
+
+def _refuse_requeue(record: TaskRecord) -> str | None:
+    if record.status is Status.QUEUED:
+        return f"task {_named(record)} is already queued"
+    if record.name is None and record.key is None:
+        return (
+            f"task {_named(record)} has no key and no registered function: "
+            "nothing could run it again"
+        )
+    if record.name is not None and isinstance(record.args, msgspec.UnsetType):
+        return (
+            f"task {_named(record)} completed, which dropped its arguments: "
+            "it cannot run again; submit a new task instead"
+        )
+    return None
+
+
+def _cancelled(record: TaskRecord, now: float, reason: str | None) -> TaskRecord:
+    # As Pool.cancel writes it, with a reason that says who did it.
+    return msgspec.structs.replace(
+        record,
+        status=Status.CANCELLED,
+        finished_at=now,
+        reason=_with_reason("cancelled by operator", reason),
+    )
+
+
+def _failed(record: TaskRecord, now: float, reason: str | None) -> TaskRecord:
+    # As a final failed attempt is written; wait() raises TaskFailed with these.
+    return msgspec.structs.replace(
+        record,
+        status=Status.FAILED,
+        finished_at=now,
+        error_type=OPERATOR_ERROR_TYPE,
+        error_message=_with_reason("failed by operator", reason),
+    )
+
+
+def _requeued(record: TaskRecord, now: float, reason: str | None) -> TaskRecord:
+    # Same id, key, priority and seq: it keeps its place; attempts start again
+    # at 0, so its retries apply anew.
+    return msgspec.structs.replace(
+        record,
+        status=Status.QUEUED,
+        started_at=None,
+        finished_at=None,
+        attempts=0,
+        result=msgspec.UNSET,
+        error_type=None,
+        error_message=None,
+        not_before=None,
+        reason=None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Operation:
+    verb: str
+    refuse: Callable[[TaskRecord], str | None]
+    change: Callable[[TaskRecord, float, str | None], TaskRecord]
+
+
+_OPERATIONS = {
+    "cancel": _Operation("cancelled", _refuse_finished, _cancelled),
+    "fail": _Operation("failed", _refuse_finished, _failed),
+    "requeue": _Operation("queued", _refuse_requeue, _requeued),
+}
+
+
+def _how_it_runs(record: TaskRecord) -> str:
+    if record.name is not None:
+        return f"resumes when a pool opens the journal (registered as {record.name!r})"
+    assert record.key is not None  # refused otherwise
+    return f"runs once its function is submitted again with key {_printable(record.key)!r}"
+
+
+def _operate(args: argparse.Namespace) -> int:
+    """Record an operator's transition of some tasks: all of them, or none."""
+    path: str = args.journal
+    operation = _OPERATIONS[args.command]
+    ids: list[str] = list(dict.fromkeys(args.ids))
+    reason: str | None = getattr(args, "reason", None)
+    _check_journal(path)  # before locking, which would leave a lock file behind
+    lock_fd = _lock(path)
+    try:
+        loaded = _load(path)
+        unknown = [i for i in ids if i not in loaded.tasks]
+        if unknown:
+            names = ", ".join(repr(_printable(i)) for i in unknown)
+            noun = "id" if len(unknown) == 1 else "ids"
+            raise _Failure(
+                f"journal {path!r} has no task with {noun} {names}; nothing was written",
+                EXIT_UNKNOWN_TASK,
+            )
+        before = {i: loaded.tasks[i] for i in ids}
+        refusals = [why for record in before.values() if (why := operation.refuse(record))]
+        if refusals:
+            raise _Failure(
+                f"{args.command} refused in {path!r}: {'; '.join(refusals)}; nothing was written",
+                EXIT_REFUSED,
+            )
+        # What opening a pool would write back, with the operator's records in
+        # place: one atomic rewrite, so every id changes or none does.
+        header, tasks, interrupted, _ = recover(loaded)
+        now = time.time()
+        after: dict[str, TaskRecord] = {}
+        for index, record in enumerate(tasks):
+            if record.id in before:
+                tasks[index] = after[record.id] = operation.change(record, now, reason)
+        compact(path, header, tasks)
+    finally:
+        _unlock(lock_fd)
+    for task_id, old in before.items():
+        record = after[task_id]
+        line = f"{_named(record)}: {old.status.value} -> {record.status.value}"
+        if record.status is Status.QUEUED:
+            line += f"; it {_how_it_runs(record)}"
+            if old.status is Status.COMPLETED:
+                line += " (its key's earlier result is discarded)"
+        print(line)
+    others = [i for i in interrupted if i not in before]
+    if others:
+        print(f"queued again (they were running when their process stopped): {', '.join(others)}")
+    if loaded.torn is not None:
+        print(f"dropped the {_describe_torn(loaded.torn)}")
+    noun = "task" if len(ids) == 1 else "tasks"
+    print(f"{operation.verb} {len(ids)} {noun} in {path}; the change is durable")
+    return EXIT_OK
+
+
 # -- the command line ------------------------------------------------------------------
 
 
@@ -412,7 +621,10 @@ def _parser() -> argparse.ArgumentParser:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = _Parser(
         prog="harnpool",
-        description="Look at, check, compact and repair harnpool journals.",
+        description=(
+            "Look at, check, compact and repair harnpool journals; cancel, fail or\n"
+            "requeue their tasks."
+        ),
         epilog=_EXIT_CODES,
         formatter_class=formatter,
     )
@@ -480,7 +692,58 @@ def _parser() -> argparse.ArgumentParser:
     salvage.add_argument("-o", "--output", required=True, metavar="NEW", help="the file to write")
     salvage.add_argument("--force", action="store_true", help="replace NEW if it exists")
     salvage.set_defaults(run=_salvage)
+
+    def operator_command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        sub = command(
+            name,
+            summary,
+            f"{description}\n\n"
+            "Takes the journal's lock, so it refuses while a pool has the journal open\n"
+            "(exit 3). Changes nothing unless every ID can be changed: an unknown id\n"
+            "exits 6, a task in another status exits 4. Like opening a pool, it first\n"
+            "queues again tasks left running and drops a torn last line; then it\n"
+            "rewrites the journal atomically and durably with the new records.",
+        )
+        sub.add_argument("ids", nargs="+", metavar="ID", help="a task id, e.g. t12")
+        sub.set_defaults(run=_operate)
+        return sub
+
+    cancel = operator_command(
+        "cancel",
+        "Record queued or running tasks as cancelled.",
+        "Writes what Pool.cancel writes, with the reason 'cancelled by operator':\n"
+        "the task never runs again and wait() raises TaskCancelled. A task left\n"
+        "running by a stopped process is cancelled too. Finished tasks are refused.",
+    )
+    cancel.add_argument("--reason", type=_reason, metavar="TEXT", help="why, stored with it")
+    fail = operator_command(
+        "fail",
+        "Record queued or running tasks as failed, e.g. a task that crashes its process.",
+        f"Writes a failure with error type {OPERATOR_ERROR_TYPE!r} and the message\n"
+        "'failed by operator' (and --reason): the task never runs again and wait()\n"
+        "raises TaskFailed. Finished tasks are refused.",
+    )
+    fail.add_argument("--reason", type=_reason, metavar="TEXT", help="why, stored with it")
+    operator_command(
+        "requeue",
+        "Queue finished (or interrupted) tasks again, so they run once more.",
+        "The task keeps its id, key, priority and place in the queue; its result,\n"
+        "error and finish time are cleared and its attempts start again at 0.\n"
+        "A completed task is otherwise never run again for its key: requeueing one\n"
+        "breaks that promise on purpose, as an operator's explicit decision (say,\n"
+        "a result known to be wrong); a later submit with its key runs it again.\n"
+        "A registered function's task resumes when a pool next opens the journal;\n"
+        "any other runs once its function is submitted again with the same key.\n"
+        "Refused: queued tasks, tasks with neither key nor registered function,\n"
+        "and completed tasks of registered functions (their arguments are gone).",
+    )
     return parser
+
+
+def _reason(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the reason must not be blank")
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:

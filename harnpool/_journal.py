@@ -97,6 +97,39 @@ def _why(raw: bytes | memoryview, exc: BaseException) -> str:
     return f"not valid JSON ({exc})"
 
 
+class _Format(msgspec.Struct):
+    """Just enough of a line to tell a header and its format, whatever else it holds."""
+
+    kind: object = None
+    format: object = None
+
+
+_format_decoder = msgspec.json.Decoder(_Format)
+
+
+def _check_format(path: str, raw: bytes | memoryview) -> None:
+    """Refuse a header from a newer format before any other line is judged.
+
+    A newer harnpool may write records (or header fields) this one cannot
+    decode; the header's format, not those lines, says why the file is unreadable.
+
+    Raises:
+        JournalVersionError: ``raw`` is a header whose format is newer than this one.
+    """
+    try:
+        peek = _format_decoder.decode(raw)
+    except _UNDECODABLE:
+        return  # not a header: the caller judges the line
+    found = peek.format
+    if (
+        peek.kind == "header"
+        and isinstance(found, int)
+        and not isinstance(found, bool)
+        and found > FORMAT_VERSION
+    ):
+        raise JournalVersionError(path=path, found=found, supported=FORMAT_VERSION)
+
+
 def _lines(body: bytes) -> Iterator[tuple[int, int, bytes]]:
     """Yield ``(line number, byte offset, line)`` for every line of ``body``."""
     offset = 0
@@ -126,6 +159,7 @@ def _replay(path: str, data: bytes) -> Loaded:
     first = body.find(b"\n") + 1
     header: Record | None = None
     records: list[Record] = []
+    _check_format(path, body[:first])
     try:
         header = _decoder.decode(body[:first])
         records = _decoder.decode_lines(memoryview(body)[first:])
@@ -174,6 +208,8 @@ def _replay_slowly(
     for number, offset, raw in lines:
         if not raw.strip():
             continue
+        if not records:
+            _check_format(path, raw)
         try:
             record = _decoder.decode(raw)
         except _UNDECODABLE as exc:

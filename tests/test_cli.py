@@ -10,16 +10,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import anyio
+import msgspec
 import pytest
 
 import harnpool
 from harnpool._cli import (
     EXIT_LOCKED,
     EXIT_OK,
+    EXIT_OS_ERROR,
     EXIT_REFUSED,
     EXIT_TORN,
+    EXIT_UNKNOWN_TASK,
     EXIT_UNREADABLE,
     EXIT_USAGE,
+    OPERATOR_ERROR_TYPE,
     main,
 )
 from harnpool._journal import load
@@ -46,6 +50,13 @@ async def square(n: int) -> int:
 
 async def refuse() -> None:
     raise ValueError("no such customer\n  (id 42)")
+
+
+@harnpool.task(name="tests.test_cli.read_note")
+async def read_note(path: str) -> str:
+    """Fails until the note exists: a task an operator fixes the cause of, then requeues."""
+    with open(path) as f:
+        return f.read()
 
 
 class _Stop(Exception):
@@ -471,9 +482,10 @@ class TestCommandLine:
     def test_help_documents_every_exit_code(self, run: Run) -> None:
         code, out, _ = run("--help")
         assert code == EXIT_OK
-        for command in ("inspect", "verify", "compact", "salvage"):
-            assert command in out
-        for exit_code in (EXIT_OK, EXIT_TORN, EXIT_UNREADABLE, EXIT_LOCKED, EXIT_REFUSED, 5):
+        for command in ("inspect", "verify", "compact", "salvage", "cancel", "fail", "requeue"):
+            assert f"\n    {command} " in out
+        codes = (EXIT_OK, EXIT_TORN, EXIT_UNREADABLE, EXIT_LOCKED, EXIT_REFUSED, EXIT_OS_ERROR)
+        for exit_code in (*codes, EXIT_UNKNOWN_TASK):
             assert f"\n  {exit_code}   " in out
         for exit_code in (EXIT_USAGE, 70):
             assert f"\n  {exit_code}  " in out
@@ -501,3 +513,369 @@ class TestCommandLine:
         code, _, err = run("verify", tmp_path)  # a directory
         assert code == 5
         assert_one_line_error(err, str(tmp_path))
+
+
+async def harnpool_process(*argv: str | os.PathLike[str]) -> tuple[int, str, str]:
+    """Run ``python -m harnpool`` in a child process; return the exit code, stdout and stderr."""
+    done = await anyio.run_process(
+        [sys.executable, "-m", "harnpool", *(os.fspath(a) for a in argv)], check=False
+    )
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+def statuses(path: Path) -> dict[str, str]:
+    loaded = load(path)
+    assert loaded is not None
+    return {task_id: record.status.value for task_id, record in loaded.tasks.items()}
+
+
+class TestCancelFailRequeue:
+    async def test_cancel_is_durable_and_wait_reports_it(self, journal: Path) -> None:
+        code, out, err = await harnpool_process("cancel", journal, "t5", "t6", "--reason", "stuck")
+        assert (code, err) == (EXIT_OK, "")
+        assert "t5 (key 'hang'): running -> cancelled" in out
+        assert "t6 (key 'later'): queued -> cancelled" in out
+        assert statuses(journal) == {
+            **{i: s for i, (_, s) in TASKS.items()},
+            "t5": "cancelled",
+            "t6": "cancelled",
+        }
+        async with harnpool.open_pool(journal) as pool:
+            assert pool.recovery.requeued == ()
+            for task_id in ("t5", "t6"):
+                info = pool.info(task_id)
+                assert info.status is harnpool.Status.CANCELLED
+                assert info.reason == "cancelled by operator: stuck"
+                assert info.finished_at is not None
+                with pytest.raises(harnpool.TaskCancelled) as caught:
+                    await pool.wait(task_id)
+                assert caught.value.task_id == task_id
+            # The key still deduplicates: the cancelled task does not run again.
+            assert await pool.submit(square, 99, key="later") == "t6"
+            assert pool.info("t6").status is harnpool.Status.CANCELLED
+
+    async def test_fail_is_durable_and_wait_raises_task_failed(self, journal: Path) -> None:
+        code, out, err = await harnpool_process("fail", journal, "t6", "--reason", "poison input")
+        assert (code, err) == (EXIT_OK, "")
+        assert "t6 (key 'later'): queued -> failed" in out
+        async with harnpool.open_pool(journal) as pool:
+            with pytest.raises(harnpool.TaskFailed) as caught:
+                await pool.wait("t6")
+            assert caught.value.error_type == OPERATOR_ERROR_TYPE
+            assert caught.value.error_message == "failed by operator: poison input"
+            assert await pool.submit(square, 99, key="later") == "t6"
+            assert pool.info("t5").status is harnpool.Status.QUEUED
+        # t5 was left running: the command queued it again, as opening a pool does.
+        assert "queued again (they were running when their process stopped): t5" in out
+
+    async def test_requeue_of_a_completed_task_runs_it_again_by_key(self, journal: Path) -> None:
+        before = load(journal)
+        assert before is not None
+        code, out, err = await harnpool_process("requeue", journal, "t2")
+        assert (code, err) == (EXIT_OK, "")
+        assert "t2 (key 'invoice-2'): completed -> queued" in out
+        assert "submitted again with key 'invoice-2'" in out
+        assert "earlier result is discarded" in out
+        after = load(journal)
+        assert after is not None
+        old, new = before.tasks["t2"], after.tasks["t2"]
+        assert (new.id, new.key, new.priority, new.seq) == (old.id, old.key, old.priority, old.seq)
+        assert new.result is msgspec.UNSET
+        assert (new.finished_at, new.started_at, new.error_type, new.attempts) == (
+            None,
+            None,
+            None,
+            0,
+        )
+        async with harnpool.open_pool(journal) as pool:
+            assert pool.info("t2").status is harnpool.Status.QUEUED
+            # The submit re-attaches the queued task (same id) with these arguments and runs it.
+            assert await pool.submit(square, 12, key="invoice-2") == "t2"
+            with anyio.fail_after(10):
+                assert await pool.wait("t2") == 144
+            assert pool.info("t2").attempts == 1
+
+    async def test_requeue_of_a_failed_registered_task_resumes_on_reopen(
+        self, tmp_path: Path
+    ) -> None:
+        path = tmp_path / "notes.jsonl"
+        note = tmp_path / "note.txt"
+        async with harnpool.open_pool(path) as pool:
+            task_id = await pool.submit(read_note, os.fspath(note), key="note")
+            with pytest.raises(harnpool.TaskFailed):
+                await pool.wait(task_id)
+        note.write_text("hello")  # the operator fixes the cause
+        code, out, _ = await harnpool_process("requeue", path, task_id)
+        assert code == EXIT_OK
+        assert "failed -> queued" in out
+        assert "resumes when a pool opens the journal" in out
+        async with harnpool.open_pool(path) as pool:
+            assert pool.recovery.resumed == (task_id,)
+            with anyio.fail_after(10):
+                assert await pool.wait(task_id) == "hello"
+
+    def test_requeue_of_a_running_task_queues_it_with_fresh_attempts(
+        self, run: Run, journal: Path
+    ) -> None:
+        code, out, _ = run("requeue", journal, "t5", "t4")
+        assert code == EXIT_OK
+        assert "t5 (key 'hang'): running -> queued" in out
+        assert "t4 (key 'bad-1'): failed -> queued" in out
+        loaded = load(journal)
+        assert loaded is not None
+        assert [(loaded.tasks[i].status.value, loaded.tasks[i].attempts) for i in ("t4", "t5")] == [
+            ("queued", 0),
+            ("queued", 0),
+        ]
+        assert loaded.tasks["t4"].error_message is None
+
+    @pytest.mark.parametrize("command", ["cancel", "fail", "requeue"])
+    def test_unknown_ids_exit_6_naming_them_and_write_nothing(
+        self, run: Run, journal: Path, command: str
+    ) -> None:
+        before = journal.read_bytes()
+        code, out, err = run(command, journal, "t1", "t99", "t5", "nope")
+        assert (code, out) == (EXIT_UNKNOWN_TASK, "")
+        assert_one_line_error(err, str(journal), "'t99', 'nope'", "nothing was written")
+        assert journal.read_bytes() == before
+
+    @pytest.mark.parametrize("command", ["cancel", "fail"])
+    def test_finished_tasks_are_refused_and_nothing_is_written(
+        self, run: Run, journal: Path, command: str
+    ) -> None:
+        before = journal.read_bytes()
+        code, out, err = run(command, journal, "t6", "t1", "t4")
+        assert (code, out) == (EXIT_REFUSED, "")
+        assert_one_line_error(
+            err, "t1 (key 'invoice-1') has already completed", "t4 (key 'bad-1') has already failed"
+        )
+        assert "nothing was written" in err
+        assert journal.read_bytes() == before  # t6 stays queued too
+
+    def test_requeue_refuses_a_queued_task(self, run: Run, journal: Path) -> None:
+        before = journal.read_bytes()
+        code, _, err = run("requeue", journal, "t1", "t6")
+        assert code == EXIT_REFUSED
+        assert_one_line_error(err, "t6 (key 'later') is already queued")
+        assert journal.read_bytes() == before
+
+    async def test_requeue_refuses_what_nothing_could_run_again(self, tmp_path: Path) -> None:
+        path = tmp_path / "pool.jsonl"
+        async with harnpool.open_pool(path) as pool:
+            keyless = await pool.submit(square, 2)
+            registered = await pool.submit(read_note, os.fspath(tmp_path / "absent"), key="x")
+            done = await pool.submit(read_note, os.fspath(path), key="done")
+            await pool.wait(keyless)
+            await pool.wait(done)
+            with pytest.raises(harnpool.TaskFailed):
+                await pool.wait(registered)
+        before = path.read_bytes()
+        code, _, err = await harnpool_process("requeue", path, keyless, done, registered)
+        assert code == EXIT_REFUSED
+        assert_one_line_error(
+            err,
+            f"task {keyless} has no key and no registered function",
+            f"task {done} (key 'done') completed, which dropped its arguments",
+        )
+        assert registered not in err
+        assert path.read_bytes() == before
+
+    def test_a_torn_tail_is_dropped_first_as_opening_would(self, run: Run, journal: Path) -> None:
+        tear(journal)
+        code, out, _ = run("cancel", journal, "t6")
+        assert code == EXIT_OK
+        assert "dropped the torn tail at line 9" in out
+        assert "queued again (they were running when their process stopped): t5" in out
+        assert statuses(journal)["t6"] == "cancelled"
+        assert statuses(journal)["t5"] == "queued"
+
+    async def test_refused_while_a_pool_holds_the_journal_naming_it(self, journal: Path) -> None:
+        async with harnpool.open_pool(journal):
+            before = journal.read_bytes()
+            for command in ("cancel", "fail", "requeue"):
+                code, out, err = await harnpool_process(command, journal, "t6")
+                assert (code, out) == (EXIT_LOCKED, "")
+                assert_one_line_error(err, str(journal), f"locked by process {os.getpid()}")
+            assert journal.read_bytes() == before
+
+    def test_the_rewrite_is_fsynced_before_and_after_it_replaces_the_journal(
+        self, run: Run, journal: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        steps: list[str] = []
+        fsync, replace = os.fsync, os.replace
+
+        def logged_fsync(fd: int) -> None:
+            steps.append("fsync")
+            fsync(fd)
+
+        def logged_replace(source: str, target: str) -> None:
+            steps.append("replace")
+            replace(source, target)
+
+        monkeypatch.setattr(os, "fsync", logged_fsync)
+        monkeypatch.setattr(os, "replace", logged_replace)
+        code, _, _ = run("fail", journal, "t6")
+        assert code == EXIT_OK
+        assert steps == ["fsync", "replace", "fsync"]  # the file, then its directory
+
+    def test_a_blank_reason_is_a_usage_error(self, run: Run, journal: Path) -> None:
+        before = journal.read_bytes()
+        code, _, err = run("fail", journal, "t6", "--reason", "  ")
+        assert code == EXIT_USAGE
+        assert "reason must not be blank" in err
+        assert journal.read_bytes() == before
+
+
+#: A record whose field nests deeper than any decoder recurses.
+NESTED = b'{"kind":"task","extra":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+
+class TestSalvageKeepsSomethingOrFails:
+    def test_nothing_decodable_exits_2_and_writes_nothing(self, run: Run, tmp_path: Path) -> None:
+        journal = tmp_path / "pool.jsonl"
+        journal.write_bytes(b"garbage\n[1, 2]\n\n")
+        new = tmp_path / "new.jsonl"
+        code, out, err = run("salvage", journal, "-o", new)
+        assert (code, out) == (EXIT_UNREADABLE, "")
+        assert_one_line_error(err, "nothing to salvage", str(journal), "wrote nothing")
+        assert not new.exists()
+
+    def test_empty_journal_has_nothing_to_salvage(self, run: Run, tmp_path: Path) -> None:
+        journal = tmp_path / "pool.jsonl"
+        journal.write_bytes(b"")
+        code, _, err = run("salvage", journal, "-o", tmp_path / "new.jsonl")
+        assert code == EXIT_UNREADABLE
+        assert_one_line_error(err, "nothing to salvage")
+
+    async def test_deeply_nested_line_is_dropped_in_harnpools_words(self, journal: Path) -> None:
+        content = lines(journal)
+        nested = NESTED
+        journal.write_bytes(b"".join(line + b"\n" for line in [*content[:2], nested, *content[2:]]))
+        new = journal.with_name("salvaged.jsonl")
+        code, out, err = await harnpool_process("salvage", journal, "-o", new)
+        assert (code, err) == (EXIT_OK, "")
+        assert "dropped line 3 (byte offset" in out
+        assert "undecodable: nested too deeply to decode" in out
+        assert "6 tasks" in out
+
+    async def test_only_a_deeply_nested_line_exits_2(self, tmp_path: Path) -> None:
+        journal = tmp_path / "pool.jsonl"
+        journal.write_bytes(NESTED + b"\n")
+        new = tmp_path / "new.jsonl"
+        code, out, err = await harnpool_process("salvage", journal, "-o", new)
+        assert (code, out) == (EXIT_UNREADABLE, "")
+        assert_one_line_error(err, "nothing to salvage")
+        assert not new.exists()
+
+
+NEWER_HEADER = (
+    b'{"kind":"header","format":99,"pool_id":"p","created_at":1.0,'
+    b'"max_concurrent":1,"submit_counter":1}'
+)
+LEASE = b'{"kind":"lease","holder":"node-2","until":2.0}'
+TASK = b'{"kind":"task","id":"t1","seq":1,"status":"queued","submitted_at":1.0}'
+
+
+class TestNewerFormat:
+    @pytest.mark.parametrize(
+        "body",
+        [
+            pytest.param([NEWER_HEADER, LEASE, TASK], id="unknown-kind-in-the-middle"),
+            pytest.param([NEWER_HEADER, TASK, LEASE, TASK], id="unknown-kind-later"),
+            pytest.param([b"", NEWER_HEADER, LEASE, TASK], id="blank-first-line-slow-path"),
+            pytest.param(
+                [NEWER_HEADER.replace(b'"max_concurrent":1', b'"max_concurrent":"auto"'), TASK],
+                id="retyped-header-field",
+            ),
+        ],
+    )
+    def test_is_too_new_not_corrupt(self, run: Run, tmp_path: Path, body: list[bytes]) -> None:
+        journal = tmp_path / "pool.jsonl"
+        journal.write_bytes(b"".join(line + b"\n" for line in body))
+        with pytest.raises(harnpool.JournalVersionError) as caught:
+            load(journal)
+        assert (caught.value.found, caught.value.supported) == (99, 1)
+        for argv in (["verify"], ["inspect"], ["salvage", "-o", os.fspath(tmp_path / "new")]):
+            code, _, err = run(*argv, journal)
+            assert code == EXIT_UNREADABLE, argv
+            assert_one_line_error(err, str(journal), "has format 99", "upgrade harnpool")
+            assert "is corrupt at" not in err
+        assert not (tmp_path / "new").exists()
+
+
+class TestInspectEscapes:
+    async def test_control_characters_in_keys_and_errors_are_escaped(
+        self, run: Run, tmp_path: Path
+    ) -> None:
+        journal = tmp_path / "pool.jsonl"
+        key = "a\nb\x1b[31mred\u202e"
+        message = "boom \x1b[31mred\x1b[0m\x07"
+
+        async def explode() -> None:
+            raise ValueError(message)
+
+        async with harnpool.open_pool(journal) as pool:
+            task_id = await pool.submit(explode, key=key)
+            with pytest.raises(harnpool.TaskFailed):
+                await pool.wait(task_id)
+        code, out, _ = run("inspect", journal)
+        assert code == EXIT_OK
+        assert "\x1b" not in out
+        assert "\x07" not in out
+        assert "\u202e" not in out
+        rows = out.splitlines()
+        assert len(rows) == 4  # header, one task, blank line, summary
+        assert "a\\nb\\x1b[31mred\\u202e" in rows[1]
+        assert rows[1].endswith("ValueError: boom \\x1b[31mred\\x1b[0m\\x07")
+        code, out, _ = run("inspect", "--json", journal)
+        (task,) = json.loads(out)
+        assert (task["key"], task["error_message"]) == (key, message)
+
+
+class TestNotAJournalFile:
+    @pytest.mark.parametrize(
+        "argv",
+        [
+            ["compact", "{dir}"],
+            ["compact", "{dir}/"],
+            ["salvage", "{dir}", "-o", "{tmp}/new.jsonl"],
+            ["cancel", "{dir}", "t1"],
+        ],
+    )
+    def test_a_directory_leaves_no_lock_file(
+        self, run: Run, tmp_path: Path, argv: list[str]
+    ) -> None:
+        directory = tmp_path / "journal.jsonl"
+        directory.mkdir()
+        code, out, err = run(*(a.format(dir=directory, tmp=tmp_path) for a in argv))
+        assert (code, out) == (EXIT_OS_ERROR, "")
+        assert_one_line_error(err, str(directory), "is a directory")
+        assert [p.name for p in tmp_path.rglob("*")] == ["journal.jsonl"]
+
+    def test_salvage_into_a_missing_directory_leaves_no_lock_file(
+        self, run: Run, journal: Path
+    ) -> None:
+        before = snapshot(journal.parent)
+        code, out, err = run("salvage", journal, "-o", journal.parent / "missing" / "new.jsonl")
+        assert (code, out) == (EXIT_OS_ERROR, "")
+        assert_one_line_error(err, "missing", "does not exist")
+        assert snapshot(journal.parent) == before
+
+    def test_salvage_over_a_directory_is_refused_without_a_lock_file(
+        self, run: Run, journal: Path
+    ) -> None:
+        output = journal.parent / "out"
+        output.mkdir()
+        before = sorted(p.name for p in journal.parent.iterdir())
+        code, _, err = run("salvage", journal, "-o", output, "--force")
+        assert code == EXIT_REFUSED
+        assert_one_line_error(err, "is a directory")
+        assert sorted(p.name for p in journal.parent.iterdir()) == before
+
+    def test_compact_of_a_path_in_a_missing_directory_exits_2(
+        self, run: Run, tmp_path: Path
+    ) -> None:
+        code, _, err = run("compact", tmp_path / "missing" / "pool.jsonl")
+        assert code == EXIT_UNREADABLE
+        assert_one_line_error(err, "does not exist")
+        assert list(tmp_path.iterdir()) == []
