@@ -1,9 +1,11 @@
-"""Inspecting a journal from the command line: inspect, verify, compact and salvage.
+"""Operating on a journal from the command line: inspect, verify, compact, salvage,
+cancel, fail and requeue.
 
 A pool writes a small journal (finished, failed, interrupted and queued tasks);
 then the ``harnpool`` commands look at it, check it, damage a copy and salvage
-it, and compact the original. Each command's output is printed as a shell
-session would show it.
+it, compact the original, and settle its tasks by hand: a poison task is
+failed, a queued one cancelled, and the failed charge queued again. Each
+command's output is printed as a shell session would show it.
 
 Run it with ``python examples/02_inspect_journal.py [DIRECTORY]``.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -58,14 +61,32 @@ async def write_journal(path: str) -> None:
         pass
 
 
+async def settle(path: str) -> None:
+    """Reopen the pool: wait reports what the operator recorded; the requeued charge runs again."""
+    print("\nreopening the pool:")
+    async with harnpool.open_pool(path) as pool:
+        for task_id in ("t5", "t6"):
+            try:
+                await pool.wait(task_id)
+            except harnpool.TaskError as exc:
+                print(f"  wait({task_id!r}) raises {type(exc).__name__}: {exc}")
+
+        async def charge_card_again(customer: str) -> str:
+            return f"charged {customer}"
+
+        # Re-attach the requeued task by its key: same id, and it runs once more.
+        task_id = await pool.submit(charge_card_again, "ACME", key="charge-acme")
+        print(f"  wait({task_id!r}) -> {await pool.wait(task_id)!r}")
+
+
 def run(*argv: str, expect: int) -> bool:
     """Run one command as ``harnpool`` would, print it and its output; True if as expected."""
-    print(f"\n$ harnpool {' '.join(argv)}", flush=True)
+    print(f"\n$ harnpool {shlex.join(argv)}", flush=True)
     code = harnpool_cli(list(argv))
     sys.stdout.flush()
     sys.stderr.flush()
     if code != 0:
-        print(f"(exit code {code})")
+        print(f"(exit code {code})", flush=True)
     return code == expect
 
 
@@ -96,7 +117,15 @@ def main() -> int:
         # Offline compaction does what opening a pool does: the interrupted task is queued again.
         run("compact", "jobs.jsonl", expect=0),
         run("inspect", "jobs.jsonl", "--key", "report-*", expect=0),
+        # An operator settles tasks without code; each change is all-or-nothing and durable.
+        run("fail", "jobs.jsonl", "t5", "--reason", "crashes the worker", expect=0),
+        run("cancel", "jobs.jsonl", "t6", expect=0),
+        run("cancel", "jobs.jsonl", "t1", expect=4),  # finished: refused, nothing written
+        run("requeue", "jobs.jsonl", "t4", "t99", expect=6),  # unknown id: nothing written
+        run("requeue", "jobs.jsonl", "t4", expect=0),
+        run("inspect", "jobs.jsonl", expect=0),
     ]
+    anyio.run(settle, "jobs.jsonl")
     ok = all(results)
     print("\nOK" if ok else "\nFAILED: a command exited with an unexpected code")
     return 0 if ok else 1

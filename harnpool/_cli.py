@@ -344,8 +344,9 @@ def _read_salvageable(path: str, data: bytes) -> _Salvage:
         try:
             record = _decoder.decode(raw)
         except _UNDECODABLE as exc:
-            # A newer format's header may not decode here; its format still speaks for the file.
-            _check_format(path, raw)
+            if found.header is None:
+                # A newer format's header may not decode here; its format still speaks for the file.
+                _check_format(path, raw)
             found.dropped.append(_Dropped(number, offset, length, f"undecodable: {_why(raw, exc)}"))
             continue
         if isinstance(record, Header):

@@ -17,7 +17,14 @@ EXPECTED = {
         "interrupted while running",
         "resumed: 12 results",
     ],
-    "02_inspect_journal.py": ["$ harnpool inspect", "$ harnpool salvage", "$ harnpool compact"],
+    "02_inspect_journal.py": [
+        "$ harnpool inspect",
+        "$ harnpool salvage",
+        "$ harnpool compact",
+        "t5 (key 'report-may'): queued -> failed",
+        "wait('t6') raises TaskCancelled",
+        "wait('t4') -> 'charged ACME'",
+    ],
     "03_registered_tasks.py": [
         "killed with SIGKILL",
         "pool.recovery.resumed (running now, nothing submitted)",
