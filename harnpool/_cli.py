@@ -23,7 +23,13 @@ from typing import NoReturn
 import msgspec
 
 from . import __version__
-from ._errors import JournalCorruptError, JournalLockedError, JournalVersionError
+from ._errors import (
+    JournalCorruptError,
+    JournalLinkError,
+    JournalLockedError,
+    JournalOpenError,
+    JournalVersionError,
+)
 from ._journal import (
     Loaded,
     TornTail,
@@ -55,7 +61,8 @@ exit codes:
   {EXIT_TORN}   verify: the journal ends in a torn line (a write cut short); the rest is sound
   {EXIT_UNREADABLE}   the journal is missing, corrupt, or written by a newer harnpool
   {EXIT_LOCKED}   compact, salvage: another process holds the journal's lock
-  {EXIT_REFUSED}   salvage: the output exists (use --force) or is the journal itself
+  {EXIT_REFUSED}   salvage: the output exists (use --force) or is the journal itself;
+      compact: the journal has more than one hard link
   {EXIT_OS_ERROR}   a file could not be read or written
   {EXIT_USAGE}  the command line is wrong
   {EXIT_INTERNAL}  an unexpected error: a bug in harnpool
@@ -502,6 +509,12 @@ def main(argv: list[str] | None = None) -> int:
     except (JournalCorruptError, JournalVersionError) as exc:
         print(f"harnpool: {exc}", file=sys.stderr)
         code = EXIT_UNREADABLE
+    except JournalLinkError as exc:
+        print(f"harnpool: {exc}", file=sys.stderr)
+        code = EXIT_REFUSED
+    except JournalOpenError as exc:  # an OSError that names the step that failed
+        print(f"harnpool: {exc}", file=sys.stderr)
+        code = EXIT_OS_ERROR
     except OSError as exc:
         if isinstance(exc, BrokenPipeError):
             # The reader went away (``| head``): stay quiet, including at exit.
