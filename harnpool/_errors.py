@@ -202,7 +202,9 @@ class JournalOpenError(JournalError, _FromOSError):
     ) -> None:
         reason = cause.strerror or str(cause)
         target = cause.filename if cause.filename is not None else filename
-        on = "" if target is None else f" {os.fspath(target)!r}"
+        target = None if target is None else os.fspath(target)
+        # The journal itself is named already.
+        on = "" if target in (None, real_path, os.fspath(path)) else f" {target!r}"
         super().__init__(
             f"journal {_named_journal(path, real_path)}: {step}{on} failed: {reason}",
             path=path,
