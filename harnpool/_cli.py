@@ -26,7 +26,13 @@ from typing import NoReturn
 import msgspec
 
 from . import __version__
-from ._errors import JournalCorruptError, JournalLockedError, JournalVersionError
+from ._errors import (
+    JournalCorruptError,
+    JournalLinkError,
+    JournalLockedError,
+    JournalOpenError,
+    JournalVersionError,
+)
 from ._journal import (
     _UNDECODABLE,
     Loaded,
@@ -64,7 +70,8 @@ exit codes:
       salvage: no line of it could be kept
   {EXIT_LOCKED}   compact, salvage, cancel, fail, requeue: another process holds the journal's lock
   {EXIT_REFUSED}   salvage: the output exists (use --force) or is the journal itself;
-      cancel, fail, requeue: a task is not in a status the command applies to
+      cancel, fail, requeue: a task is not in a status the command applies to;
+      compact, cancel, fail, requeue: the journal has more than one hard link
   {EXIT_OS_ERROR}   a file could not be read or written, or the path is not a file
   {EXIT_UNKNOWN_TASK}   cancel, fail, requeue: the journal has no task with a given id
   {EXIT_USAGE}  the command line is wrong
@@ -766,6 +773,12 @@ def main(argv: list[str] | None = None) -> int:
     except (JournalCorruptError, JournalVersionError) as exc:
         print(f"harnpool: {exc}", file=sys.stderr)
         code = EXIT_UNREADABLE
+    except JournalLinkError as exc:
+        print(f"harnpool: {exc}", file=sys.stderr)
+        code = EXIT_REFUSED
+    except JournalOpenError as exc:  # an OSError that names the step that failed
+        print(f"harnpool: {exc}", file=sys.stderr)
+        code = EXIT_OS_ERROR
     except OSError as exc:
         if isinstance(exc, BrokenPipeError):
             # The reader went away (``| head``): stay quiet, including at exit.

@@ -6,7 +6,9 @@ catch a builtin, the error subclasses it too::
     HarnpoolError
     ├── JournalError
     │   ├── JournalCorruptError (ValueError)   a line cannot be trusted: path, line, offset
+    │   ├── JournalLinkError                   the journal has more than one hard link
     │   ├── JournalLockedError                 another pool holds the journal: path, pid
+    │   ├── JournalOpenError (OSError)         opening or compacting failed: path, step, errno
     │   ├── JournalVersionError                a newer harnpool wrote the journal
     │   └── JournalWriteError (OSError)        a write or fsync failed: the pool has stopped
     ├── PoolClosedError (RuntimeError)         the pool was used after it closed
@@ -30,7 +32,9 @@ __all__ = [
     "HarnpoolError",
     "JournalCorruptError",
     "JournalError",
+    "JournalLinkError",
     "JournalLockedError",
+    "JournalOpenError",
     "JournalVersionError",
     "JournalWriteError",
     "ArgumentsNotEncodableError",
@@ -51,6 +55,14 @@ class HarnpoolError(Exception):
     """The base of every error harnpool raises."""
 
 
+def _named_journal(path: str | os.PathLike[str], real_path: str | None) -> str:
+    """The journal as the user named it, and the file it resolves to if that differs."""
+    path = os.fspath(path)
+    if real_path is None or real_path == os.path.abspath(path):
+        return repr(path)
+    return f"{path!r} (resolved to {real_path!r})"
+
+
 class JournalError(HarnpoolError):
     """Something is wrong with a journal file.
 
@@ -61,6 +73,26 @@ class JournalError(HarnpoolError):
     def __init__(self, message: str, *, path: str | os.PathLike[str]) -> None:
         super().__init__(message)
         self.path = os.fspath(path)
+
+
+class _FromOSError(OSError):
+    """An OSError that carries the errno, strerror and filename of the one that caused it.
+
+    Its message stays harnpool's own: OSError's ``__str__`` would show only the
+    errno and strerror once they are set.
+    """
+
+    def _take(self, cause: BaseException | None, filename: str | None) -> None:
+        if isinstance(cause, OSError):
+            self.errno = cause.errno
+            self.strerror = cause.strerror
+            self.filename = cause.filename if cause.filename is not None else filename
+            self.filename2 = cause.filename2
+        else:
+            self.filename = filename
+
+    def __str__(self) -> str:
+        return BaseException.__str__(self)
 
 
 class JournalCorruptError(JournalError, ValueError):
@@ -86,25 +118,100 @@ class JournalCorruptError(JournalError, ValueError):
         self.reason = reason
 
 
+class JournalLinkError(JournalError):
+    """The journal file has more than one hard link, so harnpool refuses it.
+
+    Compaction replaces the file with a new one: the other names would keep the
+    old contents, and a pool opened through another name would take another
+    lock. Nothing was written.
+
+    Attributes:
+        path: The journal's path as given.
+        real_path: The file it resolves to (symbolic links followed).
+        links: The file's hard link count.
+    """
+
+    def __init__(self, *, path: str | os.PathLike[str], real_path: str, links: int) -> None:
+        super().__init__(
+            f"journal {_named_journal(path, real_path)} has {links} hard links; a journal "
+            "must have one name, since compaction replaces the file and the other names "
+            "would keep the old one: remove the other links, or open a copy",
+            path=path,
+        )
+        self.real_path = real_path
+        self.links = links
+
+
 class JournalLockedError(JournalError):
     """Another pool, in this process or another, holds the journal's lock.
 
+    The lock is ``<real path>.lock``, beside the file the journal's path
+    resolves to, so pools opened through different symbolic links to one
+    journal exclude each other.
+
     Attributes:
-        path: The journal's path.
+        path: The journal's path as given.
         lock_path: The lock file.
         pid: The holder's process id as it wrote it, or None if unreadable.
     """
 
-    def __init__(self, *, path: str | os.PathLike[str], lock_path: str, pid: int | None) -> None:
+    def __init__(
+        self,
+        *,
+        path: str | os.PathLike[str],
+        lock_path: str,
+        pid: int | None,
+        real_path: str | None = None,
+    ) -> None:
         holder = "an unknown process" if pid is None else f"process {pid}"
         if pid == os.getpid():
             holder += " (this process: another pool is open on it)"
         super().__init__(
-            f"journal {os.fspath(path)!r} is locked by {holder} through {lock_path!r}",
+            f"journal {_named_journal(path, real_path)} is locked by {holder} "
+            f"through {lock_path!r}",
             path=path,
         )
         self.lock_path = lock_path
         self.pid = pid
+
+
+class JournalOpenError(JournalError, _FromOSError):
+    """A file operation failed while opening or compacting a journal.
+
+    It is an OSError with the ``errno``, ``strerror`` and ``filename`` of the
+    failure, which is also its ``__cause__``. No pool was opened, and the
+    journal holds its old contents, or the new compacted ones if only the
+    final directory sync failed; no ``<journal>.compact`` is left behind.
+
+    Attributes:
+        path: The journal's path as given.
+        real_path: The file it resolves to (symbolic links followed).
+        step: What was being done: ``"checking"``, ``"locking"``,
+            ``"reading"``, ``"writing the compacted file"``, ``"renaming"``,
+            ``"syncing the directory"`` or ``"opening for appending"``.
+    """
+
+    def __init__(
+        self,
+        *,
+        path: str | os.PathLike[str],
+        real_path: str,
+        step: str,
+        cause: OSError,
+        filename: str | None = None,
+    ) -> None:
+        reason = cause.strerror or str(cause)
+        target = cause.filename if cause.filename is not None else filename
+        target = None if target is None else os.fspath(target)
+        # The journal itself is named already.
+        on = "" if target in (None, real_path, os.fspath(path)) else f" {target!r}"
+        super().__init__(
+            f"journal {_named_journal(path, real_path)}: {step}{on} failed: {reason}",
+            path=path,
+        )
+        self._take(cause, filename)
+        self.real_path = real_path
+        self.step = step
 
 
 class JournalVersionError(JournalError):
@@ -126,13 +233,25 @@ class JournalVersionError(JournalError):
         self.supported = supported
 
 
-class JournalWriteError(JournalError, OSError):
+class JournalWriteError(JournalError, _FromOSError):
     """Writing or syncing the journal failed, so the pool stopped.
 
     Nothing written after the failure was acknowledged. The pool never retries
     a failed fsync (the kernel may already have dropped the dirty pages); reopen
-    the journal to carry on from what is durable.
+    the journal to carry on from what is durable. ``errno``, ``strerror`` and
+    ``filename`` are those of the failure (``filename`` is the journal's path
+    when the failure named none); they are None if it was not an OSError.
     """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | os.PathLike[str],
+        cause: BaseException | None = None,
+    ) -> None:
+        super().__init__(message, path=path)
+        self._take(cause, os.fspath(path))
 
 
 class PoolClosedError(HarnpoolError, RuntimeError):

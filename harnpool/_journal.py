@@ -6,6 +6,12 @@ written with one ``write`` per chunk and one ``fdatasync`` of the journal, and
 before that. A journal that was just created or compacted is durable once its
 temporary file was fsynced, renamed over the journal, and the directory fsynced.
 
+One journal has one owner, whatever the path it is opened by: the path is
+resolved first (symbolic links followed), the file it names is the one locked,
+read and replaced, and a file with more than one hard link is refused. Every
+OSError while opening or compacting is raised as a :class:`JournalOpenError`
+that names the step and keeps the errno.
+
 Every blocking call here runs off the event loop: the opening steps run in one
 worker-thread call, and every flush runs on the journal's own writer thread, so
 that a pool's sync tasks cannot delay the journal.
@@ -14,12 +20,14 @@ that a pool's sync tasks cannot delay the journal.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import functools
 import operator
 import os
 import queue
+import stat
 import threading
 import time
 import uuid
@@ -32,7 +40,10 @@ import msgspec
 
 from ._errors import (
     JournalCorruptError,
+    JournalError,
+    JournalLinkError,
     JournalLockedError,
+    JournalOpenError,
     JournalVersionError,
     JournalWriteError,
 )
@@ -240,6 +251,28 @@ def _replay_slowly(
     return records, torn
 
 
+@contextlib.contextmanager
+def _step(path: str, real: str, step: str, filename: str | None = None) -> Iterator[None]:
+    """Raise an OSError from the block as a JournalOpenError naming the journal and ``step``."""
+    try:
+        yield
+    except JournalError:
+        raise
+    except OSError as exc:
+        raise JournalOpenError(
+            path=path, real_path=real, step=step, cause=exc, filename=filename
+        ) from exc
+
+
+def _read(path: str, real: str) -> bytes | None:
+    with _step(path, real, "reading", real):
+        try:
+            with open(real, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+
 def load(path: str | os.PathLike[str]) -> Loaded | None:
     """Read and replay a journal without changing it.
 
@@ -250,14 +283,11 @@ def load(path: str | os.PathLike[str]) -> Loaded | None:
         JournalCorruptError: A line other than the last cannot be decoded, or
             the header is missing or repeated. The file is not touched.
         JournalVersionError: A newer harnpool wrote the file.
+        JournalOpenError: The file cannot be read (also an OSError).
     """
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return None
-    return _replay(path, data)
+    data = _read(path, os.path.realpath(path))
+    return None if data is None else _replay(path, data)
 
 
 def _fsync_dir(directory: str) -> None:
@@ -277,13 +307,65 @@ def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         view = view[written:]
 
 
-def compact(path: str, header: Header, tasks: list[TaskRecord]) -> None:
+def _existing(path: str, real: str) -> os.stat_result | None:
+    """The journal file's status, or None if there is none yet (blocking).
+
+    Raises:
+        JournalLinkError: The file has more than one hard link.
+        JournalOpenError: It cannot be examined, or it is not a regular file.
+    """
+    with _step(path, real, "checking", real):
+        try:
+            status = os.stat(real)
+        except FileNotFoundError:
+            return None
+        if stat.S_ISDIR(status.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), real)
+        if not stat.S_ISREG(status.st_mode):
+            # Compaction would replace a device or a pipe with a regular file.
+            raise OSError(errno.EINVAL, "not a regular file", real)
+    if status.st_nlink > 1:
+        # Compaction replaces the file: the other names would keep the old one,
+        # and an opener through another name would lock another lock file.
+        raise JournalLinkError(path=path, real_path=real, links=status.st_nlink)
+    return status
+
+
+def _keep_owner_and_mode(fd: int, journal: os.stat_result) -> None:
+    """Give the new file of a compaction the journal's owner, group and mode."""
+    mine = os.fstat(fd)
+    if (mine.st_uid, mine.st_gid) != (journal.st_uid, journal.st_gid):
+        try:
+            os.fchown(fd, journal.st_uid, journal.st_gid)
+        except PermissionError:
+            # Only a privileged process may give a file away; a member of the
+            # journal's group may still keep the group.
+            with contextlib.suppress(PermissionError):
+                os.fchown(fd, -1, journal.st_gid)
+    # After fchown, which clears the set-id bits.
+    os.fchmod(fd, stat.S_IMODE(journal.st_mode))
+
+
+def compact(
+    path: str, header: Header, tasks: list[TaskRecord], *, real_path: str | None = None
+) -> None:
     """Replace the journal with the header and one record per task, atomically.
 
-    The new contents go to ``<path>.compact`` first, are fsynced, renamed over
-    the journal, and the directory is fsynced: a crash at any step leaves either
-    the old journal or the new one. A leftover ``.compact`` file is never read.
+    ``path`` is resolved (``real_path``, if given, is what it resolved to when
+    it was locked): a symbolic link stays and the file it points to is
+    replaced. The new contents go to ``<real path>.compact`` first, with the
+    journal's mode (and its owner and group where this process may set them;
+    a new journal gets the mode the umask leaves of 0o666), are fsynced,
+    renamed over the journal, and the directory is fsynced: a crash at any
+    step leaves either the old journal or the new one. A leftover
+    ``.compact`` file is never read; a failed compaction removes its own.
+
+    Raises:
+        JournalLinkError: The journal has more than one hard link; nothing was written.
+        JournalOpenError: A step failed (also an OSError with its errno).
     """
+    real = os.path.realpath(path) if real_path is None else real_path
+    journal = _existing(path, real)
     encoder = msgspec.json.Encoder()
     buf = bytearray()
     encoder.encode_into(header, buf, -1)
@@ -291,41 +373,110 @@ def compact(path: str, header: Header, tasks: list[TaskRecord]) -> None:
     for record in tasks:
         encoder.encode_into(record, buf, -1)
         buf += b"\n"
-    temporary = path + ".compact"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    temporary = real + ".compact"
+    fd = -1
     try:
-        _write_all(fd, buf)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, path)
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+        with _step(path, real, "writing the compacted file", temporary):
+            # A crash's leftover goes first: O_EXCL then makes a file of this
+            # process's own, never one (or a link) someone left in its place.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+            fd = os.open(temporary, flags, 0o666 if journal is None else 0o600)
+            if journal is not None:
+                _keep_owner_and_mode(fd, journal)
+            _write_all(fd, buf)
+        with _step(path, real, "syncing the compacted file", temporary):
+            os.fsync(fd)
+            fd, closing = -1, fd
+            os.close(closing)
+        with _step(path, real, "renaming", temporary):
+            os.replace(temporary, real)
+    except BaseException:
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    directory = os.path.dirname(real)
+    with _step(path, real, "syncing the directory", directory):
+        _fsync_dir(directory)
 
 
-def _lock(path: str) -> int:
-    lock_path = path + ".lock"
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+#: How long a refused opener keeps reading the lock file for its holder's pid,
+#: which the holder writes just after taking the lock.
+_PID_WAIT = 0.1
+
+
+def _holder(fd: int, *, alive: bool) -> int | None:
+    """The pid in a lock file, if it holds a whole line (and, if ``alive``, a live process's)."""
+    first, newline, _ = os.pread(fd, 32, 0).partition(b"\n")
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        pid = int(first) if newline else 0
+    except ValueError:
+        return None
+    if pid <= 0:
+        return None
+    if alive:
         try:
-            pid: int | None = int(os.pread(fd, 32, 0).decode().strip())
-        except ValueError:
-            pid = None
-        os.close(fd)
-        raise JournalLockedError(path=path, lock_path=lock_path, pid=pid) from None
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None  # a holder killed before it let go: the new one is about to write
+        except PermissionError:
+            pass  # another user's process
+    return pid
+
+
+def _lock(path: str, real_path: str | None = None, mode: int = 0o666) -> int:
+    """Take the journal's lock, ``<real path>.lock``, and write this process's pid to it.
+
+    Raises:
+        JournalLockedError: Another holds it.
+        JournalOpenError: The lock file cannot be made, locked or written.
+    """
+    real = os.path.realpath(path) if real_path is None else real_path
+    lock_path = real + ".lock"
+    with _step(path, real, "locking", lock_path):
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
+    try:
+        with _step(path, real, "locking", lock_path):
+            deadline = time.monotonic() + _PID_WAIT
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    late = time.monotonic() >= deadline
+                    pid = _holder(fd, alive=not late)
+                    if pid is not None or late:
+                        raise JournalLockedError(
+                            path=path, lock_path=lock_path, pid=pid, real_path=real
+                        ) from None
+                    # The holder has the lock but has not written its pid yet,
+                    # or has just let go: look again, and try the lock again.
+                    time.sleep(0.001)
+            # The new pid over the old, then cut to length: never an empty
+            # file while locked, so a refused opener always finds a pid.
+            pid_line = f"{os.getpid()}\n".encode()
+            os.pwrite(fd, pid_line, 0)
+            os.ftruncate(fd, len(pid_line))
     except BaseException:
         os.close(fd)
         raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
 
 
 def _unlock(fd: int) -> None:
-    # The lock file stays: removing it would let a third opener lock a new
-    # inode while a second still waits on the old one.
-    os.close(fd)
+    # Clear the pid while still holding the lock, so the next holder's own is
+    # the only one a refused opener can read; a failure here must not keep the
+    # lock. The lock file stays: removing it would let a third opener lock a
+    # new inode while a second still waits on the old one.
+    try:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
 
 
 def recover(
@@ -383,6 +534,7 @@ def recover(
 class Opened:
     """A journal opened for appending, and what recovery found in it."""
 
+    #: The journal's path as given.
     path: str
     fd: int
     lock_fd: int
@@ -390,6 +542,8 @@ class Opened:
     tasks: list[TaskRecord]
     torn: TornTail | None
     created: bool
+    #: The file ``path`` resolves to, which was locked, read and compacted.
+    real_path: str = ""
     #: Ids of tasks found ``running``: a crash interrupted them; they are queued again.
     interrupted: list[str] = field(default_factory=list)
     #: How many finished tasks retention dropped.
@@ -408,18 +562,29 @@ def open_journal(
 
     Tasks found ``running`` are written back as ``queued`` with their priority,
     ``seq`` and attempt count, since the process running them died. See
-    :func:`recover` for retention.
+    :func:`recover` for retention. The path is resolved first: through a
+    symbolic link, the file it points to is locked and compacted and the link
+    stays. A new journal's lock file gets the mode the umask leaves of 0o666;
+    an existing journal's gets the journal's read and write bits.
 
     Raises:
+        JournalLinkError: The journal has more than one hard link; nothing was written.
         JournalLockedError: Another pool holds the lock.
         JournalCorruptError: See :func:`load`; the file is not touched.
         JournalVersionError: See :func:`load`.
-        OSError: The file or its directory cannot be read or written.
+        JournalOpenError: The file, its lock or its directory cannot be read
+            or written (also an OSError with the failure's errno); no
+            ``.compact`` file is left, and a missing directory gets no files.
     """
     path = os.fspath(path)
-    lock_fd = _lock(path)
+    real = os.path.realpath(path)
+    journal = _existing(path, real)
+    mode = 0o666 if journal is None else stat.S_IMODE(journal.st_mode) & 0o666
+    lock_fd = _lock(path, real, mode)
     try:
-        loaded = load(path)
+        data = _read(path, real)
+        loaded = None if data is None else _replay(path, data)
+        del data
         interrupted: list[str] = []
         tasks: list[TaskRecord] = []
         dropped = 0
@@ -440,8 +605,9 @@ def open_journal(
                 keep_finished=keep_finished,
                 keep_finished_for=keep_finished_for,
             )
-        compact(path, header, tasks)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        compact(path, header, tasks, real_path=real)
+        with _step(path, real, "opening for appending", real):
+            fd = os.open(real, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
     except BaseException:
         _unlock(lock_fd)
         raise
@@ -453,6 +619,7 @@ def open_journal(
         tasks=tasks,
         torn=None if loaded is None else loaded.torn,
         created=loaded is None,
+        real_path=real,
         interrupted=interrupted,
         dropped=dropped,
     )
@@ -648,6 +815,7 @@ class Journal:
             f"writing journal {self.path!r} failed ({exc}); the pool has stopped and "
             "acknowledged nothing after the failure: reopen the journal to recover",
             path=self.path,
+            cause=exc,
         )
         error.__cause__ = exc
         self.error = error

@@ -995,8 +995,9 @@ async def open_pool(
     like crashed ones on the next open. Either way the lock is released.
 
     Args:
-        path: The journal file. Its directory must exist. ``<path>.lock`` and,
-            briefly, ``<path>.compact`` are made beside it.
+        path: The journal file. Its directory must exist. It is resolved
+            first (symbolic links followed): ``<real path>.lock`` and,
+            briefly, ``<real path>.compact`` are made beside the file it names.
         max_concurrent: How many tasks may run at once; that many workers run.
         max_queued: How many tasks may be queued at once; None for no bound.
         on_full: What a submit does when ``max_queued`` tasks are queued:
@@ -1031,6 +1032,9 @@ async def open_pool(
 
     Raises:
         JournalLockedError: Another pool holds the journal.
+        JournalLinkError: The journal file has more than one hard link.
+        JournalOpenError: Opening or compacting failed on a file operation
+            (also an OSError, with its errno).
         JournalCorruptError: The journal cannot be trusted; it was not changed.
         JournalVersionError: A newer harnpool wrote the journal.
         JournalWriteError: The journal failed while the pool was open.
