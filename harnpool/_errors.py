@@ -136,7 +136,11 @@ class JournalWriteError(JournalError, OSError):
 
 
 class PoolClosedError(HarnpoolError, RuntimeError):
-    """The pool was used after its ``async with`` block ended."""
+    """The pool was used after its ``async with`` block ended.
+
+    :meth:`Pool.cancel` raises it also while the pool stops: once the block was
+    left by an exception or cancellation, or has drained.
+    """
 
 
 class UnknownTaskError(HarnpoolError, KeyError):
