@@ -255,7 +255,11 @@ class JournalWriteError(JournalError, _FromOSError):
 
 
 class PoolClosedError(HarnpoolError, RuntimeError):
-    """The pool was used after its ``async with`` block ended."""
+    """The pool was used after its ``async with`` block ended.
+
+    :meth:`Pool.cancel` raises it also while the pool stops: once the block was
+    left by an exception or cancellation, or has drained.
+    """
 
 
 class UnknownTaskError(HarnpoolError, KeyError):

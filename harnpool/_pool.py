@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import inspect
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import anyio
+import anyio.lowlevel
 import msgspec
 
 from ._errors import (
@@ -112,6 +114,52 @@ def _check_function(fn: object) -> None:
             "write pool.submit(fetch, url), not pool.submit(fetch(url))"
         )
     raise TypeError(f"submit() takes a callable, not {type(fn).__qualname__}")
+
+
+#: What a task function may raise that stops the program, not just the task: an
+#: interrupt, sys.exit(), or a worker coroutine being closed. They end the worker
+#: (and so the pool) and leave the task ``running``, as a crash would have.
+_STOPS = (KeyboardInterrupt, SystemExit, GeneratorExit)
+
+
+def _native_cancels() -> int:
+    """How many native cancellation requests the current asyncio task has pending.
+
+    anyio's scopes on asyncio cancel through ``Task.cancel()`` too, and undo their
+    own requests when they exit; what is left came from outside every scope.
+    Trio has no cancellation outside its scopes: 0.
+    """
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no asyncio loop running: anyio is on trio
+        return 0
+    return 0 if task is None else task.cancelling()
+
+
+def _propagates(exc: BaseException, native: int) -> bool:
+    """Whether an exception out of an attempt belongs to the worker rather than the task.
+
+    A cancellation exception is the pool's or its host's only while a scope
+    around the worker is cancelled (or past its deadline), or, on asyncio, while
+    the worker's task holds more native cancellation requests than ``native``,
+    the count when the attempt began. Otherwise the function raised it on its
+    own (a cancelled future it awaited, a re-raised exception) and it fails the
+    task like any other. The attempt's own scope has exited by now, so a
+    cancellation the pool asked of the attempt is not counted here.
+    """
+    cancelled = anyio.get_cancelled_exc_class()
+    if isinstance(exc, BaseExceptionGroup):
+        if exc.subgroup(_STOPS) is not None:
+            return True
+        if exc.split(cancelled)[1] is not None:
+            return False  # not all cancellations: the function's own failure
+    elif isinstance(exc, _STOPS):
+        return True
+    elif not isinstance(exc, cancelled):
+        return False
+    return anyio.current_effective_deadline() <= anyio.current_time() or (
+        _native_cancels() > native
+    )
 
 
 class Job:
@@ -365,6 +413,15 @@ class Pool:
         A function registered with :func:`harnpool.task` is journaled by name
         with its arguments, and resumes on its own when the pool is reopened.
 
+        Whatever ``fn`` raises fails only its own attempt: any Exception, a
+        BaseException subclass of its own, even a cancellation exception that
+        no cancelled scope of the pool or its host caused (say, from awaiting
+        a future someone else cancelled). Only KeyboardInterrupt, SystemExit
+        and GeneratorExit stop the pool, leaving the task unfinished as a
+        crash would. With ``max_queued`` set, a submit to a full queue does
+        what ``on_full`` says; ``"drop_oldest"`` never drops a task a worker
+        is about to start, but lets that worker take it first.
+
         Args:
             fn: The function to run.
             *args: Its positional arguments. Kept in memory only, unless ``fn``
@@ -379,7 +436,8 @@ class Pool:
             retries: How many times a failed attempt is retried, with
                 exponential backoff and jitter (default: the pool's).
             retry_on: The exception types that are retried (default: the
-                pool's, else any ``Exception``).
+                pool's, else any ``Exception``; other BaseExceptions are
+                retried only if named here).
             timeout: Seconds an attempt may run before it is cancelled and
                 counts as a failed attempt (default: the pool's).
 
@@ -512,6 +570,13 @@ class Pool:
             if policy == "drop_newest":
                 return "drop_newest_queue_full"
             if policy == "drop_oldest":
+                if self._ready.claimed:
+                    # A worker is about to start a queued task, which makes room:
+                    # dropping the oldest now would drop the very task it starts, and
+                    # under a steady overload no task would ever run.
+                    await anyio.lowlevel.checkpoint()
+                    self._check_usable()
+                    continue
                 oldest = min(self._queued.values(), key=lambda t: t.record.seq)
                 self._end(oldest, Status.REJECTED, reason="drop_oldest_queue_full")
                 continue
@@ -538,7 +603,7 @@ class Pool:
         batch = task.batch = self._journal.append(record)
         if reason is None:
             # Queued once durable, whatever becomes of the submitter meanwhile.
-            batch.on_durable.append(functools.partial(self._ready.put, task))
+            batch.on_durable.append(functools.partial(self._put_ready, task))
             self._queued[record.id] = task
             self._runnable += 1
             emit("info", "task.submitted", pool=self.path, task_id=record.id, key=record.key)
@@ -552,6 +617,10 @@ class Pool:
                 reason=reason,
             )
         return task
+
+    def _put_ready(self, task: _Task) -> None:
+        if task.record.status is Status.QUEUED:  # not dropped or cancelled before it was durable
+            self._ready.put(task)
 
     def _attach(self, task: _Task, fn: TaskFunction, args: tuple[Any, ...]) -> None:
         task.fn = fn
@@ -645,19 +714,31 @@ class Pool:
     async def cancel(self, task_id: str) -> bool:
         """Cancel a task that has not finished.
 
-        A queued task (or one waiting for a retry) becomes ``cancelled`` at
-        once. A running one is cancelled through its cancel scope and recorded
-        ``cancelled`` when its function has stopped; a plain function running
-        in a thread cannot be interrupted, so its thread is abandoned and its
-        result ignored. Returns once the ``cancelled`` record is durable.
+        A queued task, or one waiting for a retry, becomes ``cancelled`` at
+        once. A running one is cancelled through its cancel scope; a plain
+        function running in a thread cannot be interrupted, so its thread is
+        abandoned and its result ignored. From the moment ``cancel`` is called,
+        the attempt is never retried or recorded failed: if its function
+        returns a value anyway (it returned before the cancellation reached
+        it, or shielded itself from it), the task is ``completed`` and
+        ``cancel`` returns False; however else the attempt ends (the
+        cancellation, an exception the function raised or turned it into, a
+        timeout), the task is ``cancelled``. Returns once that record is
+        durable.
+
+        While the ``async with`` block drains, ``cancel`` works as inside it.
+        Once the pool is stopping without draining (the block was left by an
+        exception or cancellation) or has drained, tasks are left as they are
+        for the next open, and ``cancel`` raises PoolClosedError.
 
         Returns:
             True if the task was cancelled; False if it had already finished,
-            in which case nothing changes.
+            in which case nothing changes, or its function completed anyway.
 
         Raises:
             UnknownTaskError: No task has this id.
-            PoolClosedError: The pool is closed.
+            PoolClosedError: The pool is closed or stopping, including when it
+                began to stop before a running task's cancellation took effect.
             JournalWriteError: The journal failed; the pool has stopped.
         """
         task = self._get(task_id)
@@ -665,15 +746,27 @@ class Pool:
         status = task.record.status
         if status in FINISHED:
             return False
-        if status is Status.QUEUED:
+        scope = task.scope
+        if self._stopping() or (status is Status.RUNNING and scope is None):
+            # A running task without a scope had its attempt stopped with the pool.
+            raise PoolClosedError(
+                f"the pool on {self.path!r} is stopping: task {task_id} stays "
+                f"{status.value} for the next open"
+            )
+        if scope is None:
             self._end(task, Status.CANCELLED, reason="cancelled")
         else:
-            assert task.scope is not None
             task.cancelling = True
-            task.scope.cancel()
+            scope.cancel()
         with anyio.CancelScope(shield=True):
             await self._finished(task)
         return task.record.status is Status.CANCELLED
+
+    def _stopping(self) -> bool:
+        """Whether the pool has begun to stop without draining, or has drained."""
+        return self._work_scope.cancel_called or (
+            self._tg is not None and self._tg.cancel_scope.cancel_called
+        )
 
     # -- introspection ---------------------------------------------------------------
 
@@ -831,7 +924,7 @@ class Pool:
     @staticmethod
     def _retryable(record: TaskRecord, exc: BaseException) -> bool:
         if record.retry_on is None:
-            return True
+            return isinstance(exc, Exception)
         names = {_type_name(cls) for cls in type(exc).__mro__}
         return not names.isdisjoint(record.retry_on)
 
@@ -864,6 +957,7 @@ class Pool:
         task.scope = scope = anyio.CancelScope(
             deadline=math.inf if timeout is None else anyio.current_time() + timeout
         )
+        native = _native_cancels()
         value: Any = None
         try:
             with scope:
@@ -875,21 +969,20 @@ class Pool:
                         limiter=self._thread_limiter,
                         abandon_on_cancel=True,
                     )
-        except Exception as exc:
-            self._failed_attempt(task, exc, time.time())
+        except BaseException as exc:
+            if _propagates(exc, native):
+                raise
+            self._attempt_raised(task, scope, exc)
             return
         finally:
             task.scope = None
+            cancelling, task.cancelling = task.cancelling, False
         now = time.time()
         if scope.cancelled_caught:
-            if task.cancelling:
+            if cancelling:
                 self._end(task, Status.CANCELLED, reason="cancelled")
             else:
-                expired = TimeoutError(
-                    f"attempt {task.record.attempts} of task {task.record.id} "
-                    f"ran longer than its timeout of {timeout} seconds"
-                )
-                self._failed_attempt(task, expired, now)
+                self._failed_attempt(task, self._expired(task), now)
             return
         try:
             raw = msgspec.Raw(self._encoder.encode(value))
@@ -922,6 +1015,26 @@ class Pool:
             ),
         )
         emit("debug", "task.completed", pool=self.path, task_id=task.record.id, key=task.record.key)
+
+    def _attempt_raised(self, task: _Task, scope: anyio.CancelScope, exc: BaseException) -> None:
+        """Record the end of an attempt whose function raised ``exc``, the task's own."""
+        if task.cancelling:
+            # Whatever the function made of the cancellation (or raised just
+            # before it arrived), cancel() was asked first: never a retry.
+            self._end(task, Status.CANCELLED, reason="cancelled")
+        elif scope.cancel_called and isinstance(exc, anyio.get_cancelled_exc_class()):
+            # The timeout's cancellation, re-raised as an exception anyio does not know.
+            self._failed_attempt(task, self._expired(task), time.time())
+        else:
+            self._failed_attempt(task, exc, time.time())
+
+    @staticmethod
+    def _expired(task: _Task) -> TimeoutError:
+        record = task.record
+        return TimeoutError(
+            f"attempt {record.attempts} of task {record.id} "
+            f"ran longer than its timeout of {record.timeout} seconds"
+        )
 
     async def _run_workers(self) -> None:
         with self._work_scope:
@@ -1002,7 +1115,8 @@ async def open_pool(
         max_queued: How many tasks may be queued at once; None for no bound.
         on_full: What a submit does when ``max_queued`` tasks are queued:
             ``"block"`` waits for room, ``"reject"`` raises QueueFull and writes
-            nothing, ``"drop_oldest"`` records the oldest queued task rejected,
+            nothing, ``"drop_oldest"`` records the oldest queued task rejected
+            (once the workers woken to start queued tasks have taken them),
             ``"drop_newest"`` records the new task rejected; a rejected task's
             ``wait`` raises TaskRejected.
         strategy: The order of the ready queue: ``"priority"`` (higher

@@ -72,9 +72,20 @@ class ReadyQueue(Generic[T]):
         self._turns: deque[str | None] = deque()  # groups with items, in round-robin order
         self._size = 0
         self._waiters: deque[anyio.Event] = deque()
+        self._claims = 0
 
     def __len__(self) -> int:
         return self._size
+
+    @property
+    def claimed(self) -> int:
+        """How many getters are about to take an item: woken for one, or at the
+        checkpoint :meth:`get` passes before taking one that was there already."""
+        return self._claims
+
+    def _wake(self) -> None:
+        self._waiters.popleft().set()
+        self._claims += 1
 
     def put(self, item: T) -> None:
         """Add ``item``; wake one waiting worker if any."""
@@ -87,7 +98,7 @@ class ReadyQueue(Generic[T]):
         heapq.heappush(heap, (self._key(item), item))
         self._size += 1
         if self._waiters:
-            self._waiters.popleft().set()
+            self._wake()
 
     def _pop(self) -> T:
         group = self._turns.popleft()
@@ -107,7 +118,11 @@ class ReadyQueue(Generic[T]):
         suspend still lets the rest of the program run.
         """
         if self._size:
-            await anyio.lowlevel.checkpoint()
+            self._claims += 1
+            try:
+                await anyio.lowlevel.checkpoint()
+            finally:
+                self._claims -= 1
         while not self._size:
             event = anyio.Event()
             self._waiters.append(event)
@@ -115,10 +130,12 @@ class ReadyQueue(Generic[T]):
                 await event.wait()
             except BaseException:
                 if event.is_set():
+                    self._claims -= 1
                     # We were woken for an item we will not take: pass it on.
                     if len(self) and self._waiters:
-                        self._waiters.popleft().set()
+                        self._wake()
                 else:
                     self._waiters.remove(event)
                 raise
+            self._claims -= 1
         return self._pop()
