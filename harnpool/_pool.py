@@ -1111,6 +1111,7 @@ class Pool:
         timeout counts from the moment the thread has its slot.
         """
         slot = _ThreadSlot(self._threads, self._call_soon)
+        scope.deadline = math.inf  # waiting for a slot is not part of the attempt's time
         await self._threads.acquire_on_behalf_of(slot)
         if timeout is not None:
             scope.deadline = anyio.current_time() + timeout
