@@ -10,7 +10,6 @@ import anyio.lowlevel
 import pytest
 
 import harnpool
-from harnpool import Status
 
 
 async def double(n: int) -> int:
