@@ -698,16 +698,17 @@ class Pool:
             self._wanted.set()  # callable from a batch's callback, outside any task
 
     def _needs_worker(self) -> bool:
-        """Whether a ready task lacks an idle worker and another may start.
+        """Whether another worker should start: one idle worker beyond the ready tasks.
 
         An idle worker waits in the ready queue and takes at most one task, so
-        while there are more ready tasks than idle workers some task lacks one.
-        Which task a worker takes is still the queue's choice, so the order of
-        the strategy holds however many workers run.
+        while there are as many ready tasks as idle workers none is to spare.
+        The spare one is already waiting when a task arrives, so starting a
+        worker never delays a task. Which task a worker takes is still the
+        queue's choice, so the strategy's order holds however many run.
         """
         return (
             self._workers < self._settings.max_concurrent
-            and len(self._ready) > self._workers - self._busy
+            and len(self._ready) >= self._workers - self._busy
         )
 
     # -- waiting and cancelling -------------------------------------------------------
@@ -1045,6 +1046,8 @@ class Pool:
             if record.status is not Status.QUEUED or fn is None:
                 continue  # cancelled or rejected while it waited in the queue
             self._busy += 1
+            if self._needs_worker():
+                self._wanted.set()  # this worker was the spare one
             try:
                 await self._run_task(task, fn)
             finally:
