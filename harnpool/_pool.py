@@ -1398,6 +1398,9 @@ async def open_pool(
                 tg.cancel_scope.cancel()
     finally:
         pool._closed = True
+        # The writer thread may outlive the block by a moment: through the journal
+        # it must not keep the pool, and the users' functions it holds, alive.
+        journal.on_failure = None
         pool._wake_all()
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(journal.close)
