@@ -18,6 +18,10 @@ catch a builtin, the error subclasses it too::
     │   ├── ArgumentsNotEncodableError         a registered task's arguments, refused at submit
     │   └── ResultNotEncodableError            a task's result: the task fails
     ├── WaitTimeout (TimeoutError)             wait(timeout=...) ran out; the task goes on
+    ├── WaitDeadlock (RuntimeError)            a task waits for one no free slot can ever run
+    ├── TaskNotAttached                        wait() on a task whose function is not known here
+    ├── TaskCrashLoop                          crashes interrupted a task more than max_recoveries
+    │                                          times: the error it is failed with
     └── TaskError                              the task ended without a result: task_id, key
         ├── TaskFailed                         its function raised: type and message
         ├── TaskCancelled                      it was cancelled
@@ -43,10 +47,13 @@ __all__ = [
     "QueueFull",
     "ResultNotEncodableError",
     "TaskCancelled",
+    "TaskCrashLoop",
     "TaskError",
     "TaskFailed",
+    "TaskNotAttached",
     "TaskRejected",
     "UnknownTaskError",
+    "WaitDeadlock",
     "WaitTimeout",
 ]
 
@@ -292,6 +299,87 @@ class WaitTimeout(HarnpoolError, TimeoutError):
         self.task_id = task_id
 
 
+class WaitDeadlock(HarnpoolError, RuntimeError):
+    """A running task called ``wait`` for a task that can never finish.
+
+    Raised inside the waiting task, so its attempt fails instead of holding its
+    slot forever: the task waited for is the waiter itself or waits for it
+    (directly or through others), or every slot of the pool would be held by a
+    task blocked in ``wait``, so nothing queued could ever start.
+
+    Attributes:
+        task_id: The task waited for.
+        waiter_id: The running task that called ``wait``.
+        reason: Why the task waited for can never finish.
+    """
+
+    def __init__(self, *, task_id: str, waiter_id: str, reason: str) -> None:
+        super().__init__(
+            f"task {waiter_id} waited for task {task_id}, which can never finish: {reason}"
+        )
+        self.task_id = task_id
+        self.waiter_id = waiter_id
+        self.reason = reason
+
+
+def _named(task_id: str, key: str | None) -> str:
+    return task_id if key is None else f"{task_id} (key {key!r})"
+
+
+class TaskNotAttached(HarnpoolError):
+    """``wait`` was called for an unfinished task whose function this process does not know.
+
+    Such a task was recovered from the journal and cannot run until its
+    function is attached: submit it again with the same key, or register the
+    function with :func:`harnpool.task` before the pool opens.
+
+    Attributes:
+        task_id: The task waited for.
+        key: Its idempotency key, if any.
+        function: The qualified name of its function, as journaled.
+    """
+
+    def __init__(self, *, task_id: str, key: str | None, function: str | None) -> None:
+        how = "submit it again with its key" if key is not None else "register its function"
+        super().__init__(
+            f"task {_named(task_id, key)} cannot run: this process does not know its "
+            f"function {function!r}; {how} before waiting for it"
+        )
+        self.task_id = task_id
+        self.key = key
+        self.function = function
+
+
+class TaskCrashLoop(HarnpoolError):
+    """The error a task is failed with when crashes interrupted it too often.
+
+    A task found ``running`` when its journal is opened was interrupted by the
+    death of its process. Once that happened more than ``max_recoveries``
+    times (see :func:`harnpool.open_pool`), the task is presumed to crash its
+    process and is recorded ``failed`` on open with this error's type and
+    message, so ``wait`` raises :class:`TaskFailed`.
+
+    Attributes:
+        task_id: The task.
+        key: Its idempotency key, if any.
+        recoveries: How many times its runs were interrupted.
+        max_recoveries: The limit it passed.
+    """
+
+    def __init__(
+        self, *, task_id: str, key: str | None, recoveries: int, max_recoveries: int
+    ) -> None:
+        super().__init__(
+            f"task {_named(task_id, key)} was interrupted {recoveries} times "
+            f"(max_recoveries={max_recoveries}) and is presumed to crash its process; "
+            "it is failed instead of run again"
+        )
+        self.task_id = task_id
+        self.key = key
+        self.recoveries = recoveries
+        self.max_recoveries = max_recoveries
+
+
 class NotEncodableError(HarnpoolError, TypeError):
     """A value cannot be stored as JSON by msgspec."""
 
@@ -305,10 +393,6 @@ class ResultNotEncodableError(NotEncodableError):
 
     The task is recorded as failed with this error's type and message.
     """
-
-
-def _named(task_id: str, key: str | None) -> str:
-    return task_id if key is None else f"{task_id} (key {key!r})"
 
 
 class TaskError(HarnpoolError):

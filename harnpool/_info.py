@@ -26,6 +26,8 @@ class TaskInfo(msgspec.Struct, frozen=True, kw_only=True):
             recovered from a journal is not attached, and an unfinished one does
             not run, until it is submitted again with its key.
         attempts: How many times the task was started, crashed runs included.
+        recoveries: How many of those runs a crash interrupted; only the other
+            attempts count against ``retries``.
         submitted_at: When it was first submitted.
         started_at: When its latest run started, if it is running or finished.
         finished_at: When it finished, if it has.
@@ -60,6 +62,7 @@ class TaskInfo(msgspec.Struct, frozen=True, kw_only=True):
     timeout: float | None
     not_before: float | None
     reason: str | None
+    recoveries: int = 0
 
 
 class PoolStatistics(msgspec.Struct, frozen=True, kw_only=True):
@@ -78,6 +81,10 @@ class PoolStatistics(msgspec.Struct, frozen=True, kw_only=True):
         waiting_for_function: Queued tasks recovered from the journal whose
             function this process does not know yet.
         flushes: Journal flushes (one write and one fdatasync each) since open.
+        workers: Worker tasks started since open. Workers start as queued work
+            needs them, up to ``max_concurrent``, and then stay.
+        threads: Threads running a plain (sync) function, including those a
+            timeout or cancel abandoned; at most ``max_concurrent``.
     """
 
     strategy: str
@@ -91,6 +98,8 @@ class PoolStatistics(msgspec.Struct, frozen=True, kw_only=True):
     cancelled: int
     waiting_for_function: int
     flushes: int
+    workers: int = 0
+    threads: int = 0
 
 
 class RecoveryReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -110,6 +119,9 @@ class RecoveryReport(msgspec.Struct, frozen=True, kw_only=True):
             registered in this process; they wait to be re-attached.
         dropped_finished: Finished tasks retention removed from the journal.
         torn_tail: The incomplete last line that was skipped, if any.
+        crash_looped: Ids of tasks recorded ``failed`` on open because crashes
+            interrupted them more than ``max_recoveries`` times (their error
+            is :class:`harnpool.TaskCrashLoop`); they are not in ``requeued``.
     """
 
     path: str
@@ -122,3 +134,4 @@ class RecoveryReport(msgspec.Struct, frozen=True, kw_only=True):
     unresolved: tuple[str, ...]
     dropped_finished: int
     torn_tail: TornTail | None
+    crash_looped: tuple[str, ...] = ()

@@ -492,7 +492,9 @@ def recover(
     and how many finished tasks retention dropped.
 
     A task found ``running`` was interrupted by the death of the process that
-    ran it: it goes back to ``queued`` with its priority, ``seq`` and attempts.
+    ran it: it goes back to ``queued`` with its priority, ``seq`` and attempts,
+    and its ``recoveries`` count goes up by one (the pool fails a task whose
+    count passes ``max_recoveries``; see :class:`harnpool.Pool`).
     Finished tasks beyond the newest ``keep_finished``, or finished more than
     ``keep_finished_for`` seconds ago, are dropped (None keeps them all). The
     submit counter never goes backwards.
@@ -502,7 +504,12 @@ def recover(
     for record in loaded.tasks.values():
         if record.status is Status.RUNNING:
             interrupted.append(record.id)
-            record = msgspec.structs.replace(record, status=Status.QUEUED, started_at=None)
+            record = msgspec.structs.replace(
+                record,
+                status=Status.QUEUED,
+                started_at=None,
+                recoveries=record.recoveries + 1,
+            )
         tasks.append(record)
     counter = max(loaded.header.submit_counter, tasks[-1].seq if tasks else 0)
     dropped = 0
@@ -561,11 +568,11 @@ def open_journal(
     """Lock, replay, and compact a journal, creating it if missing (blocking).
 
     Tasks found ``running`` are written back as ``queued`` with their priority,
-    ``seq`` and attempt count, since the process running them died. See
-    :func:`recover` for retention. The path is resolved first: through a
-    symbolic link, the file it points to is locked and compacted and the link
-    stays. A new journal's lock file gets the mode the umask leaves of 0o666;
-    an existing journal's gets the journal's read and write bits.
+    ``seq`` and attempt count, and one more recovery, since the process running
+    them died. See :func:`recover` for retention. The path is resolved first:
+    through a symbolic link, the file it points to is locked and compacted and
+    the link stays. A new journal's lock file gets the mode the umask leaves of
+    0o666; an existing journal's gets the journal's read and write bits.
 
     Raises:
         JournalLinkError: The journal has more than one hard link; nothing was written.

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import inspect
 import math
 import os
 import random
+import threading
 import time
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -20,20 +22,24 @@ import anyio
 import anyio.lowlevel
 import msgspec
 
+from ._cache import WeakCache
 from ._errors import (
     JournalWriteError,
     PoolClosedError,
     QueueFull,
     ResultNotEncodableError,
     TaskCancelled,
+    TaskCrashLoop,
     TaskFailed,
+    TaskNotAttached,
     TaskRejected,
     UnknownTaskError,
+    WaitDeadlock,
     WaitTimeout,
 )
 from ._events import emit
 from ._info import PoolStatistics, RecoveryReport, TaskInfo
-from ._journal import Batch, Journal, Opened, open_journal
+from ._journal import Batch, Journal, Opened, _threadsafe_caller, open_journal
 from ._queue import STRATEGIES, ReadyQueue, Strategy
 from ._records import FINISHED, Status, TaskRecord
 from ._registry import decode_args, encode_args, lookup, registered_name
@@ -82,6 +88,69 @@ class _Task:
         return self.record.group
 
 
+#: The pool and task whose attempt the current anyio task is running, if any.
+_running: contextvars.ContextVar[tuple[Pool, _Task] | None] = contextvars.ContextVar(
+    "harnpool_running", default=None
+)
+
+
+class _ThreadSlot:
+    """One of a pool's thread slots, held for one sync function and released once.
+
+    The event loop releases it if the function never started or has returned;
+    if a timeout or cancel abandoned the thread while the function ran, the
+    thread hands the release to the event loop when the function returns.
+    """
+
+    __slots__ = ("_abandoned", "_call_soon", "_finished", "_limiter", "_lock", "_started")
+
+    def __init__(
+        self,
+        limiter: anyio.CapacityLimiter,
+        call_soon: Callable[[Callable[[], object]], object] | None,
+    ) -> None:
+        self._limiter = limiter
+        self._call_soon = call_soon
+        self._lock = threading.Lock()
+        self._started = False
+        self._finished = False
+        self._abandoned = False
+
+    def run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        """In the worker thread: run ``fn(*args)`` unless the attempt was already given up."""
+        if not self._begin():
+            return None  # given up before it started: it must not run at all
+        try:
+            return fn(*args)
+        finally:
+            if self._end() and self._call_soon is not None:
+                with contextlib.suppress(RuntimeError):  # the event loop has ended
+                    self._call_soon(self.release)
+
+    def _begin(self) -> bool:
+        with self._lock:
+            self._started = not self._abandoned
+            return self._started
+
+    def _end(self) -> bool:
+        """Mark the function returned; True if the thread must release the slot."""
+        with self._lock:
+            self._finished = True
+            return self._abandoned
+
+    def abandon(self) -> None:
+        """On the event loop: the attempt ended without the thread's result."""
+        with self._lock:
+            self._abandoned = True
+            running = self._started and not self._finished
+        if not running:
+            self.release()
+
+    def release(self) -> None:
+        """On the event loop: give the slot back."""
+        self._limiter.release_on_behalf_of(self)
+
+
 def _qualified_name(obj: object) -> str:
     while isinstance(obj, functools.partial):
         obj = obj.func
@@ -90,14 +159,9 @@ def _qualified_name(obj: object) -> str:
     return f"{module}.{name}"
 
 
-_cached_qualified_name = functools.lru_cache(maxsize=1024)(_qualified_name)
-
-
-def _function_name(fn: object) -> str:
-    try:
-        return _cached_qualified_name(fn)
-    except TypeError:  # an unhashable callable object: nothing to cache it by
-        return _qualified_name(fn)
+# Weak caches, not lru_caches: a cache must not keep a user's function (or the
+# object behind a bound method) alive once nothing else refers to it.
+_function_name = WeakCache[object, str](_qualified_name)
 
 
 def _type_name(cls: type) -> str:
@@ -202,18 +266,10 @@ def _check_async(fn: object) -> bool:
     )
 
 
-_cached_check_async = functools.lru_cache(maxsize=1024)(_check_async)
+#: Whether a function is awaited rather than run in a thread (asked per run).
+_is_async = WeakCache[object, bool](_check_async)
 
 
-def _is_async(fn: object) -> bool:
-    """Whether ``fn`` is awaited rather than run in a thread (cached: it is asked per run)."""
-    try:
-        return _cached_check_async(fn)
-    except TypeError:  # an unhashable callable object: nothing to cache it by
-        return _check_async(fn)
-
-
-@functools.lru_cache(maxsize=256)
 def _result_decoder(fn: Callable[..., object]) -> msgspec.json.Decoder[Any] | None:
     """A decoder for ``fn``'s return annotation, or None to decode plain JSON."""
     target = fn
@@ -236,11 +292,7 @@ def _result_decoder(fn: Callable[..., object]) -> msgspec.json.Decoder[Any] | No
 _plain_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
 
 
-def _decoder_for(fn: Callable[..., object]) -> msgspec.json.Decoder[Any] | None:
-    try:
-        return _result_decoder(fn)
-    except TypeError:  # an unhashable callable object: nothing to cache it by
-        return _result_decoder.__wrapped__(fn)
+_decoder_for = WeakCache[Callable[..., object], msgspec.json.Decoder[Any] | None](_result_decoder)
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +307,7 @@ class _Settings:
     retry_backoff: float
     retry_backoff_max: float
     timeout: float | None
+    max_recoveries: int | None
 
     def check(self) -> None:
         if self.max_concurrent < 1:
@@ -270,6 +323,17 @@ class _Settings:
         _check_retry(self.retries, self.timeout)
         if self.retry_backoff < 0 or self.retry_backoff_max < self.retry_backoff:
             raise ValueError("need 0 <= retry_backoff <= retry_backoff_max")
+
+
+def _check_max_recoveries(max_recoveries: object) -> None:
+    if max_recoveries is None:
+        return
+    if isinstance(max_recoveries, bool) or not isinstance(max_recoveries, int):
+        raise TypeError(
+            f"max_recoveries must be an int or None, not {type(max_recoveries).__qualname__}"
+        )
+    if max_recoveries < 0:
+        raise ValueError(f"max_recoveries must be 0 or more, or None, not {max_recoveries}")
 
 
 def _check_retry(retries: int | None, timeout: float | None) -> None:
@@ -311,7 +375,18 @@ class Pool:
         self._closed = False
         self._work_scope = anyio.CancelScope()
         self._tg: anyio.abc.TaskGroup | None = None
+        # Threads running sync functions. A thread's slot is released when the
+        # thread really returns, not when a timeout or cancel abandons it, so
+        # abandoned threads cannot pile up past max_concurrent.
+        self._threads = anyio.CapacityLimiter(settings.max_concurrent)
         self._thread_limiter = anyio.CapacityLimiter(settings.max_concurrent)
+        self._call_soon: Callable[[Callable[[], object]], object] | None = None
+        #: Workers are started as ready tasks need them (see _needs_worker).
+        self._wanted = anyio.Event()
+        self._workers = 0
+        self._busy = 0
+        #: For each running task blocked in wait(), the tasks it waits for.
+        self._waits: dict[str, list[_Task]] = {}
         self._encoder = msgspec.json.Encoder()
         self._random = random.Random()
         for record in opened.tasks:
@@ -322,6 +397,7 @@ class Pool:
             self._counts[record.status] += 1
             if record.status is Status.QUEUED:
                 self._queued[record.id] = task
+        crash_looped = self._fail_crash_loops()
         resumed: list[str] = []
         unresolved: list[str] = []
         for task in self._queued.values():
@@ -332,15 +408,59 @@ class Pool:
             path=opened.path,
             created=opened.created,
             tasks=len(opened.tasks),
-            requeued=tuple(opened.interrupted),
+            requeued=tuple(i for i in opened.interrupted if i not in crash_looped),
             queued=queued,
             finished=len(opened.tasks) - queued,
             resumed=tuple(resumed),
             unresolved=tuple(unresolved),
             dropped_finished=opened.dropped,
             torn_tail=opened.torn,
+            crash_looped=tuple(crash_looped),
         )
         journal.on_failure = self._on_failure
+
+    def _fail_crash_loops(self) -> list[str]:
+        """Record ``failed`` every queued task interrupted more than max_recoveries times.
+
+        Every queued task is checked, not only those found running this time:
+        if the process died again before the ``failed`` record was durable, the
+        next open fails the task again rather than run it.
+        """
+        limit = self._settings.max_recoveries
+        if limit is None:
+            return []
+        looped = [t for t in self._queued.values() if t.record.recoveries > limit]
+        now = time.time()
+        for task in looped:
+            record = task.record
+            error = TaskCrashLoop(
+                task_id=record.id,
+                key=record.key,
+                recoveries=record.recoveries,
+                max_recoveries=limit,
+            )
+            task.exc = error
+            self._finish(
+                task,
+                msgspec.structs.replace(
+                    record,
+                    status=Status.FAILED,
+                    finished_at=now,
+                    not_before=None,
+                    error_type=_type_name(TaskCrashLoop),
+                    error_message=str(error),
+                ),
+            )
+            emit(
+                "error",
+                "task.crash_loop",
+                pool=self.path,
+                task_id=record.id,
+                key=record.key,
+                recoveries=record.recoveries,
+                max_recoveries=limit,
+            )
+        return [t.record.id for t in looped]
 
     def _resolve(self, task: _Task) -> bool:
         """Attach a recovered registered task's function and arguments, if known here."""
@@ -618,10 +738,6 @@ class Pool:
             )
         return task
 
-    def _put_ready(self, task: _Task) -> None:
-        if task.record.status is Status.QUEUED:  # not dropped or cancelled before it was durable
-            self._ready.put(task)
-
     def _attach(self, task: _Task, fn: TaskFunction, args: tuple[Any, ...]) -> None:
         task.fn = fn
         task.args = args
@@ -634,12 +750,32 @@ class Pool:
         if delay > 0 and self._tg is not None:
             self._tg.start_soon(self._enqueue_later, task, delay)
         else:
-            self._ready.put(task)
+            self._put_ready(task)
 
     async def _enqueue_later(self, task: _Task, delay: float) -> None:
         await anyio.sleep(delay)
-        if task.record.status is Status.QUEUED:
-            self._ready.put(task)
+        self._put_ready(task)
+
+    def _put_ready(self, task: _Task) -> None:
+        if task.record.status is not Status.QUEUED:
+            return  # dropped or cancelled before it was durable, or while it waited to be due
+        self._ready.put(task)
+        if self._needs_worker():
+            self._wanted.set()  # callable from a batch's callback, outside any task
+
+    def _needs_worker(self) -> bool:
+        """Whether another worker should start: one idle worker beyond the ready tasks.
+
+        An idle worker waits in the ready queue and takes at most one task, so
+        while there are as many ready tasks as idle workers none is to spare.
+        The spare one is already waiting when a task arrives, so starting a
+        worker never delays a task. Which task a worker takes is still the
+        queue's choice, so the strategy's order holds however many run.
+        """
+        return (
+            self._workers < self._settings.max_concurrent
+            and len(self._ready) >= self._workers - self._busy
+        )
 
     # -- waiting and cancelling -------------------------------------------------------
 
@@ -659,6 +795,13 @@ class Pool:
 
         Raises:
             UnknownTaskError: No task has this id.
+            TaskNotAttached: The task has not finished and this process does
+                not know its function, so it cannot run (it was recovered from
+                the journal): submit it again with its key first.
+            WaitDeadlock: Called from inside a running task of this pool, for
+                a task that could never finish: the caller itself, a task that
+                waits for the caller, or any task when every other slot is
+                held by a task blocked in ``wait`` too.
             TaskFailed: The task's function raised on its last attempt (or
                 returned a value that cannot be stored).
             TaskCancelled: The task was cancelled.
@@ -669,14 +812,64 @@ class Pool:
         """
         task = self._get(task_id)
         self._check_usable()
-        if timeout is None:
-            await self._finished(task)
-        else:
-            with anyio.move_on_after(timeout) as scope:
+        record = task.record
+        if task.fn is None and record.status not in FINISHED:
+            raise TaskNotAttached(task_id=record.id, key=record.key, function=record.function)
+        running = _running.get()
+        waiter = running[1] if running is not None and running[0] is self else None
+        if waiter is not None:
+            self._check_deadlock(waiter, task)
+            self._waits.setdefault(waiter.record.id, []).append(task)
+        try:
+            if timeout is None:
                 await self._finished(task)
-            if scope.cancelled_caught:
-                raise WaitTimeout(task_id, timeout)
+            else:
+                with anyio.move_on_after(timeout) as scope:
+                    await self._finished(task)
+                if scope.cancelled_caught:
+                    raise WaitTimeout(task_id, timeout)
+        finally:
+            if waiter is not None:
+                waits = self._waits[waiter.record.id]
+                waits.remove(task)
+                if not waits:
+                    del self._waits[waiter.record.id]
         return self._outcome(task)
+
+    def _check_deadlock(self, waiter: _Task, target: _Task) -> None:
+        """Refuse a wait, from inside running task ``waiter``, that could never return."""
+        if target.record.status in FINISHED:
+            return
+        blocked = [target]
+        seen: set[str] = set()
+        while blocked:
+            task = blocked.pop()
+            if task is waiter:
+                reason = (
+                    "a task cannot wait for itself"
+                    if target is waiter
+                    else f"task {target.record.id} waits, directly or through others, "
+                    f"for task {waiter.record.id}"
+                )
+                raise WaitDeadlock(
+                    task_id=target.record.id, waiter_id=waiter.record.id, reason=reason
+                )
+            if task.record.id not in seen:
+                seen.add(task.record.id)
+                blocked.extend(self._waits.get(task.record.id, ()))
+        waiters = len(self._waits) + (waiter.record.id not in self._waits)
+        limit = self._settings.max_concurrent
+        # Once every slot holds a task blocked in wait() for unfinished tasks,
+        # nothing can start or finish any more.
+        if waiters >= limit and all(
+            t.record.status not in FINISHED for waits in self._waits.values() for t in waits
+        ):
+            raise WaitDeadlock(
+                task_id=target.record.id,
+                waiter_id=waiter.record.id,
+                reason=f"all max_concurrent={limit} slots would be held by tasks waiting "
+                "on this pool, so no waited-for task could ever start",
+            )
 
     async def _finished(self, task: _Task) -> None:
         while task.record.status not in FINISHED:
@@ -797,6 +990,8 @@ class Pool:
             cancelled=c[Status.CANCELLED],
             waiting_for_function=c[Status.QUEUED] + c[Status.RUNNING] - self._runnable,
             flushes=self._journal.flushes,
+            workers=self._workers,
+            threads=self._threads.borrowed_tokens,
         )
 
     def _get(self, task_id: str) -> _Task:
@@ -833,6 +1028,7 @@ class Pool:
             timeout=r.timeout,
             not_before=r.not_before,
             reason=r.reason,
+            recoveries=r.recoveries,
         )
 
     # -- transitions ------------------------------------------------------------------
@@ -885,8 +1081,10 @@ class Pool:
         record = task.record
         error_type = _type_name(type(exc))
         error = {"error_type": error_type, "error_message": str(exc)}
-        if record.attempts <= record.retries and self._retryable(record, exc):
-            backoff = self._settings.retry_backoff * 2 ** (record.attempts - 1)
+        # Runs a crash interrupted are not failures: they do not use up retries.
+        failures = record.attempts - record.recoveries
+        if failures <= record.retries and self._retryable(record, exc):
+            backoff = self._settings.retry_backoff * 2 ** (failures - 1)
             delay = min(self._settings.retry_backoff_max, backoff)
             delay *= 0.5 + self._random.random() / 2  # "equal jitter": spreads a burst out
             task.batch = self._set_status(
@@ -937,20 +1135,90 @@ class Pool:
             fn = task.fn
             if record.status is not Status.QUEUED or fn is None:
                 continue  # cancelled or rejected while it waited in the queue
-            # The "running" record rides with the next flush: nobody is told a
-            # task started, and a crash before it is durable just runs it again.
-            self._set_status(
-                task,
-                msgspec.structs.replace(
-                    record,
-                    status=Status.RUNNING,
-                    started_at=time.time(),
-                    attempts=record.attempts + 1,
-                    not_before=None,
-                ),
-            )
-            emit("debug", "task.started", pool=self.path, task_id=record.id, key=record.key)
+            self._busy += 1
+            if self._needs_worker():
+                self._wanted.set()  # this worker was the spare one
+            try:
+                await self._run_task(task, fn)
+            finally:
+                self._busy -= 1
+
+    async def _run_task(self, task: _Task, fn: TaskFunction) -> None:
+        record = task.record
+        # The "running" record rides with the next flush: nobody is told a
+        # task started, and a crash before it is durable just runs it again.
+        started = self._set_status(
+            task,
+            msgspec.structs.replace(
+                record,
+                status=Status.RUNNING,
+                started_at=time.time(),
+                attempts=record.attempts + 1,
+                not_before=None,
+            ),
+        )
+        emit("debug", "task.started", pool=self.path, task_id=record.id, key=record.key)
+        # A registered task resumes on its own after a crash, so a function that
+        # kills its process would run again at every open: its "running" record
+        # must be durable before it runs, for the crash to be counted.
+        if (
+            record.name is not None
+            and self._settings.max_recoveries is not None
+            and not await self._started(task, started)
+        ):
+            return
+        token = _running.set((self, task))
+        try:
             await self._attempt(task, fn)
+        finally:
+            _running.reset(token)
+
+    async def _started(self, task: _Task, batch: Batch) -> bool:
+        """Wait until a task's ``running`` record is durable; False if it must not run."""
+        # Pool.cancel stops a running task through its scope, even this early.
+        task.scope = scope = anyio.CancelScope()
+        try:
+            with scope:
+                await batch.wait()
+        except JournalWriteError:
+            return False  # the pool has stopped, and every waiter was told why
+        finally:
+            task.scope = None
+        if scope.cancelled_caught:
+            self._end(task, Status.CANCELLED, reason="cancelled")
+            return False
+        return True
+
+    async def _run_in_thread(
+        self,
+        fn: TaskFunction,
+        args: tuple[Any, ...],
+        scope: anyio.CancelScope,
+        timeout: float | None,
+    ) -> Any:
+        """Run a sync function in a thread that holds one of the pool's thread slots.
+
+        A thread cannot be interrupted: a timeout or cancel abandons it, but its
+        slot is held until the function really returns, so at most
+        max_concurrent threads ever run the pool's functions. The attempt's
+        timeout counts from the moment the thread has its slot.
+        """
+        slot = _ThreadSlot(self._threads, self._call_soon)
+        scope.deadline = math.inf  # waiting for a slot is not part of the attempt's time
+        await self._threads.acquire_on_behalf_of(slot)
+        if timeout is not None:
+            scope.deadline = anyio.current_time() + timeout
+        try:
+            value = await anyio.to_thread.run_sync(
+                functools.partial(slot.run, fn, args),
+                limiter=self._thread_limiter,
+                abandon_on_cancel=True,
+            )
+        except BaseException:
+            slot.abandon()
+            raise
+        slot.release()
+        return value
 
     async def _attempt(self, task: _Task, fn: TaskFunction) -> None:
         timeout = task.record.timeout
@@ -964,11 +1232,7 @@ class Pool:
                 if _is_async(fn):
                     value = await fn(*task.args)
                 else:
-                    value = await anyio.to_thread.run_sync(
-                        functools.partial(fn, *task.args),
-                        limiter=self._thread_limiter,
-                        abandon_on_cancel=True,
-                    )
+                    value = await self._run_in_thread(fn, task.args, scope, timeout)
         except BaseException as exc:
             if _propagates(exc, native):
                 raise
@@ -1039,11 +1303,16 @@ class Pool:
     async def _run_workers(self) -> None:
         with self._work_scope:
             async with anyio.create_task_group() as tg:
-                for _ in range(self._settings.max_concurrent):
-                    tg.start_soon(self._work)
+                while True:
+                    self._wanted = anyio.Event()
+                    while self._needs_worker():
+                        self._workers += 1
+                        tg.start_soon(self._work)
+                    await self._wanted.wait()
 
     def _start(self, tg: anyio.abc.TaskGroup) -> None:
         self._tg = tg
+        self._call_soon = _threadsafe_caller()
         tg.start_soon(self._journal.run)
         tg.start_soon(self._run_workers)
         for task in self._queued.values():
@@ -1093,6 +1362,7 @@ async def open_pool(
     timeout: float | None = None,
     keep_finished: int | None = None,
     keep_finished_for: float | None = None,
+    max_recoveries: int | None = 5,
 ) -> AsyncIterator[Pool]:
     """Open (or create) the durable pool whose journal is at ``path``.
 
@@ -1140,6 +1410,16 @@ async def open_pool(
             of dropped tasks no longer deduplicate.
         keep_finished_for: Drop finished tasks older than this many seconds
             when the journal is compacted on open.
+        max_recoveries: How many times crashes may interrupt a task's runs.
+            A task found ``running`` on open was interrupted by the death of its
+            process; once that has happened more than this many times it is
+            presumed to crash its process and is recorded ``failed`` on open
+            (error :class:`TaskCrashLoop`; ``wait`` raises TaskFailed), listed
+            in ``pool.recovery.crash_looped``. None never gives up. With a
+            limit, a registered task's ``running`` record is made durable
+            before its function starts, so even a function that kills its
+            process at once is counted. Interrupted runs never use up
+            ``retries``.
 
     Yields:
         The open pool; :attr:`Pool.recovery` says what opening found.
@@ -1152,6 +1432,7 @@ async def open_pool(
         JournalCorruptError: The journal cannot be trusted; it was not changed.
         JournalVersionError: A newer harnpool wrote the journal.
         JournalWriteError: The journal failed while the pool was open.
+        TypeError: ``max_recoveries`` is not an int or None.
         ValueError: A setting is out of range.
     """
     settings = _Settings(
@@ -1165,8 +1446,10 @@ async def open_pool(
         retry_backoff=retry_backoff,
         retry_backoff_max=retry_backoff_max,
         timeout=timeout,
+        max_recoveries=max_recoveries,
     )
     settings.check()
+    _check_max_recoveries(max_recoveries)
     _retry_names(settings.retry_on)
     if keep_finished is not None and keep_finished < 0:
         raise ValueError(f"keep_finished must be 0 or more, not {keep_finished}")
@@ -1230,6 +1513,9 @@ async def open_pool(
                 tg.cancel_scope.cancel()
     finally:
         pool._closed = True
+        # The writer thread may outlive the block by a moment: through the journal
+        # it must not keep the pool, and the users' functions it holds, alive.
+        journal.on_failure = None
         pool._wake_all()
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(journal.close)

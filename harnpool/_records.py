@@ -74,6 +74,9 @@ class TaskRecord(
     finished_at: float | None = None
     #: How many times the task has been started, counting runs a crash interrupted.
     attempts: int = 0
+    #: How many of those runs were interrupted (found ``running`` when the journal
+    #: was opened): ``attempts - recoveries`` attempts ended in a result or an error.
+    recoveries: int = 0
     #: The JSON the task returned; set only when ``status`` is ``completed``.
     result: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
     #: For a final failure, the last attempt's error; while a retry is pending,

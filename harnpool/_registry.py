@@ -11,6 +11,7 @@ from typing import Any, TypeVar, overload
 
 import msgspec
 
+from ._cache import WeakCache
 from ._errors import ArgumentsNotEncodableError
 
 __all__ = ["decode_args", "encode_args", "lookup", "registered_name", "task"]
@@ -98,8 +99,7 @@ def encode_args(fn: Callable[..., Any], args: tuple[Any, ...]) -> msgspec.Raw:
         ) from exc
 
 
-@functools.lru_cache(maxsize=256)
-def _positional_types(fn: Callable[..., Any]) -> tuple[list[Any], Any]:
+def _find_positional_types(fn: Callable[..., Any]) -> tuple[list[Any], Any]:
     try:
         hints = typing.get_type_hints(fn)
         parameters = inspect.signature(fn).parameters.values()
@@ -113,6 +113,9 @@ def _positional_types(fn: Callable[..., Any]) -> tuple[list[Any], Any]:
         elif p.kind is p.VAR_POSITIONAL:
             rest = hints.get(p.name, Any)
     return fixed, rest
+
+
+_positional_types = WeakCache(_find_positional_types)
 
 
 def decode_args(fn: Callable[..., Any], raw: msgspec.Raw) -> tuple[Any, ...]:

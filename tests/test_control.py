@@ -421,8 +421,11 @@ class TestEvents:
             async with harnpool.open_pool(
                 journal_path, retry_backoff=0.001, max_queued=1, on_full="drop_newest"
             ) as pool:
-                task_id = await pool.submit(flaky, "e1", 1, retries=1, key="e1")
-                await pool.submit(quick)  # the queue is full: dropped
+                # One batch: the first is queued when the second is admitted, whichever
+                # worker starts when, so the full queue drops the second.
+                task_id, _ = await pool.submit_many(
+                    [harnpool.Job(flaky, "e1", 1, retries=1, key="e1"), harnpool.Job(quick)]
+                )
                 await pool.wait(task_id)
         events = [e["event"] for e in logs]
         for expected in (

@@ -187,7 +187,11 @@ def expected_type(key: str) -> str:
 async def run(journal: str, plan: Plan) -> None:
     rng = random.Random(plan.seed)
     note("ready", payload=str(os.getpid()))
-    async with harnpool.open_pool(journal, max_concurrent=MAX_CONCURRENT) as pool:
+    # The parent kills on purpose, however often a task has been interrupted:
+    # no task here crashes its process, so none must be given up as one that does.
+    async with harnpool.open_pool(
+        journal, max_concurrent=MAX_CONCURRENT, max_recoveries=None
+    ) as pool:
         note("opened", payload=str(len(pool.recovery.requeued)))
 
         async def wait_for(key: str, task_id: str) -> None:
