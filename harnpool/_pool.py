@@ -12,8 +12,7 @@ import time
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 import msgspec
@@ -32,15 +31,23 @@ from ._errors import (
 from ._events import emit
 from ._info import PoolStatistics, RecoveryReport, TaskInfo
 from ._journal import Batch, Journal, Opened, open_journal
-from ._queue import STRATEGIES, ReadyQueue, Strategy
+from ._queue import ReadyQueue, Strategy
 from ._records import FINISHED, Status, TaskRecord
 from ._registry import decode_args, encode_args, lookup, registered_name
+from ._settings import (
+    OnFull,
+    _retry_names,
+    _Settings,
+    _type_name,
+    check_path,
+    check_task_id,
+    check_task_options,
+    check_wait_timeout,
+)
 
 __all__ = ["Job", "OnFull", "Pool", "open_pool"]
 
 TaskFunction = Callable[..., Awaitable[Any]] | Callable[..., Any]
-OnFull = Literal["block", "reject", "drop_oldest", "drop_newest"]
-_ON_FULL: tuple[OnFull, ...] = ("block", "reject", "drop_oldest", "drop_newest")
 
 
 class _Task:
@@ -85,7 +92,11 @@ def _qualified_name(obj: object) -> str:
         obj = obj.func
     module = getattr(obj, "__module__", None) or type(obj).__module__
     name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
-    return f"{module}.{name}"
+    qualified = f"{module}.{name}"
+    if not qualified.isascii():
+        # Only for people reading the journal: a lone surrogate must not make it unwritable.
+        qualified = qualified.encode("utf-8", "backslashreplace").decode("utf-8")
+    return qualified
 
 
 _cached_qualified_name = functools.lru_cache(maxsize=1024)(_qualified_name)
@@ -98,30 +109,42 @@ def _function_name(fn: object) -> str:
         return _qualified_name(fn)
 
 
-def _type_name(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
 def _check_function(fn: object) -> None:
     if callable(fn):
         return
     if inspect.iscoroutine(fn):
         fn.close()  # it will never run: spare the "never awaited" warning
         raise TypeError(
-            "submit() takes a function and its arguments, not a coroutine object: "
+            "fn must be a function, given with its arguments, not a coroutine object: "
             "write pool.submit(fetch, url), not pool.submit(fetch(url))"
         )
-    raise TypeError(f"submit() takes a callable, not {type(fn).__qualname__}")
+    raise TypeError(f"fn must be callable, not {type(fn).__qualname__}")
 
 
 class Job:
     """One task for :meth:`Pool.submit_many`: a function, its arguments, and options.
 
     ``Job(fn, *args, key=..., priority=..., ...)`` means what
-    ``pool.submit(fn, *args, key=..., priority=..., ...)`` means.
+    ``pool.submit(fn, *args, key=..., priority=..., ...)`` means. The options
+    are checked here, so a wrong one fails where the job is built; a job
+    cannot be changed afterwards.
+
+    Raises:
+        TypeError: ``fn`` is a coroutine object or not callable, or an option
+            has the wrong type (see :meth:`Pool.submit`).
+        ValueError: An option is out of range (see :meth:`Pool.submit`).
     """
 
     __slots__ = ("args", "fn", "group", "key", "priority", "retries", "retry_on", "timeout")
+
+    fn: TaskFunction
+    args: tuple[Any, ...]
+    key: str | None
+    priority: int
+    group: str | None
+    retries: int | None
+    retry_on: tuple[type[BaseException], ...] | None
+    timeout: float | None
 
     def __init__(
         self,
@@ -135,14 +158,31 @@ class Job:
         retry_on: Iterable[type[BaseException]] | None = None,
         timeout: float | None = None,
     ) -> None:
-        self.fn = fn
-        self.args = args
-        self.key = key
-        self.priority = priority
-        self.group = group
-        self.retries = retries
-        self.retry_on = None if retry_on is None else tuple(retry_on)
-        self.timeout = timeout
+        _check_function(fn)
+        options = check_task_options(
+            key=key,
+            priority=priority,
+            group=group,
+            retries=retries,
+            retry_on=retry_on,
+            timeout=timeout,
+        )
+        init = object.__setattr__
+        init(self, "fn", fn)
+        init(self, "args", args)
+        init(self, "key", options.key)
+        init(self, "priority", options.priority)
+        init(self, "group", options.group)
+        init(self, "retries", options.retries)
+        init(self, "retry_on", options.retry_on)
+        init(self, "timeout", options.timeout)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # Checked once, when built: a changed job would reach the journal unchecked.
+        raise AttributeError(f"a Job cannot be changed (setting {name!r}); build a new one")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"a Job cannot be changed (deleting {name!r}); build a new one")
 
     def __repr__(self) -> str:
         return f"Job({_qualified_name(self.fn)}, *{self.args!r}, key={self.key!r})"
@@ -193,53 +233,6 @@ def _decoder_for(fn: Callable[..., object]) -> msgspec.json.Decoder[Any] | None:
         return _result_decoder(fn)
     except TypeError:  # an unhashable callable object: nothing to cache it by
         return _result_decoder.__wrapped__(fn)
-
-
-@dataclass(frozen=True, slots=True)
-class _Settings:
-    max_concurrent: int
-    max_queued: int | None
-    on_full: OnFull
-    strategy: Strategy
-    aging: float | None
-    retries: int
-    retry_on: tuple[type[BaseException], ...] | None
-    retry_backoff: float
-    retry_backoff_max: float
-    timeout: float | None
-
-    def check(self) -> None:
-        if self.max_concurrent < 1:
-            raise ValueError(f"max_concurrent must be at least 1, not {self.max_concurrent}")
-        if self.max_queued is not None and self.max_queued < 1:
-            raise ValueError(f"max_queued must be at least 1 or None, not {self.max_queued}")
-        if self.on_full not in _ON_FULL:
-            raise ValueError(f"on_full must be one of {', '.join(_ON_FULL)}, not {self.on_full!r}")
-        if self.strategy not in STRATEGIES:
-            raise ValueError(
-                f"strategy must be one of {', '.join(STRATEGIES)}, not {self.strategy!r}"
-            )
-        _check_retry(self.retries, self.timeout)
-        if self.retry_backoff < 0 or self.retry_backoff_max < self.retry_backoff:
-            raise ValueError("need 0 <= retry_backoff <= retry_backoff_max")
-
-
-def _check_retry(retries: int | None, timeout: float | None) -> None:
-    if retries is not None and retries < 0:
-        raise ValueError(f"retries must be 0 or more, not {retries}")
-    if timeout is not None and not timeout > 0:
-        raise ValueError(f"timeout must be a positive number of seconds, not {timeout}")
-
-
-def _retry_names(retry_on: Iterable[type[BaseException]] | None) -> tuple[str, ...] | None:
-    if retry_on is None:
-        return None
-    names = []
-    for cls in retry_on:
-        if not (isinstance(cls, type) and issubclass(cls, BaseException)):
-            raise TypeError(f"retry_on takes exception types, not {cls!r}")
-        names.append(_type_name(cls))
-    return tuple(names)
 
 
 class Pool:
@@ -387,7 +380,15 @@ class Pool:
             The task's id.
 
         Raises:
-            TypeError: ``fn`` is a coroutine object or not callable.
+            TypeError: ``fn`` is a coroutine object or not callable, or an
+                option has the wrong type: ``key`` and ``group`` must be str or
+                None, ``priority`` an int (not a bool), ``retries`` an int or
+                None, ``retry_on`` an iterable of exception types or None,
+                ``timeout`` a number or None. Nothing was written.
+            ValueError: An option is out of range: a ``key`` or ``group`` that
+                does not encode as UTF-8 (a lone surrogate), a ``priority`` or
+                ``retries`` beyond 64 bits, ``retries`` below 0, a ``timeout``
+                not finite or not above 0. Nothing was written.
             ArgumentsNotEncodableError: ``fn`` is registered and ``args`` cannot
                 be stored; nothing was written.
             QueueFull: The queue is full and ``on_full`` is ``"reject"``.
@@ -415,8 +416,10 @@ class Pool:
         makes it wait (``on_full="block"``), every new record goes in one flush.
 
         Raises:
-            TypeError: A job's function is a coroutine object or not callable,
-                or its options are wrong; nothing was submitted.
+            TypeError: ``jobs`` is not an iterable of :class:`Job`; nothing was
+                submitted. (A job's own options are checked when it is built.)
+            ValueError: A registered job's function name cannot be stored;
+                nothing was submitted.
             ArgumentsNotEncodableError: A registered function's arguments cannot
                 be stored; nothing was submitted.
             QueueFull: The queue is full and ``on_full`` is ``"reject"``; the jobs
@@ -424,7 +427,12 @@ class Pool:
             PoolClosedError: The pool is closed.
             JournalWriteError: The journal failed; the pool has stopped.
         """
+        if isinstance(jobs, Job) or not isinstance(jobs, Iterable):
+            raise TypeError(f"jobs must be an iterable of Job, not {type(jobs).__qualname__}")
         jobs = list(jobs)
+        for job in jobs:
+            if not isinstance(job, Job):
+                raise TypeError(f"jobs must hold only Job objects, not {type(job).__qualname__}")
         prepared = [self._prepare(job) for job in jobs]  # every check before any write
         self._check_usable()
         tasks: list[_Task] = []
@@ -456,10 +464,15 @@ class Pool:
 
     def _prepare(self, job: Job) -> TaskRecord:
         """Check a job and build its record (id and seq are filled in later)."""
-        _check_function(job.fn)
-        _check_retry(job.retries, job.timeout)
         settings = self._settings
         name = registered_name(job.fn)
+        if name is not None and not name.isascii():
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(
+                    f"fn is registered under a name that cannot be stored: {name!r}"
+                ) from None
         stored = encode_args(job.fn, job.args) if name is not None else msgspec.UNSET
         retry_on = self._retry_on if job.retry_on is None else _retry_names(job.retry_on)
         return TaskRecord(
@@ -522,20 +535,22 @@ class Pool:
         return None
 
     def _add(self, job: Job, template: TaskRecord, reason: str | None) -> _Task:
-        self._counter += 1
-        seq = self._counter
+        seq = self._counter + 1
         now = time.time()
         record = msgspec.structs.replace(template, id=f"t{seq}", seq=seq, submitted_at=now)
         if reason is not None:
             record = msgspec.structs.replace(
                 record, status=Status.REJECTED, finished_at=now, reason=reason
             )
+        # Appended first: if the record cannot be written, the pool's memory is unchanged.
+        batch = self._journal.append(record)
+        self._counter = seq
         task = _Task(record, job.fn, job.args)
+        task.batch = batch
         self._tasks[record.id] = task
         if job.key is not None:
             self._by_key[job.key] = record.id
         self._counts[record.status] += 1
-        batch = task.batch = self._journal.append(record)
         if reason is None:
             # Queued once durable, whatever becomes of the submitter meanwhile.
             batch.on_durable.append(functools.partial(self._ready.put, task))
@@ -589,6 +604,9 @@ class Pool:
             The task's result, once its ``completed`` record is durable.
 
         Raises:
+            TypeError: ``task_id`` is not a str, or ``timeout`` is not a number
+                or None.
+            ValueError: ``timeout`` is negative or not finite.
             UnknownTaskError: No task has this id.
             TaskFailed: The task's function raised on its last attempt (or
                 returned a value that cannot be stored).
@@ -598,7 +616,8 @@ class Pool:
             PoolClosedError: The pool closed before the task finished.
             JournalWriteError: The journal failed; the pool has stopped.
         """
-        task = self._get(task_id)
+        timeout = check_wait_timeout(timeout)
+        task = self._get(check_task_id(task_id))
         self._check_usable()
         if timeout is None:
             await self._finished(task)
@@ -656,11 +675,12 @@ class Pool:
             in which case nothing changes.
 
         Raises:
+            TypeError: ``task_id`` is not a str.
             UnknownTaskError: No task has this id.
             PoolClosedError: The pool is closed.
             JournalWriteError: The journal failed; the pool has stopped.
         """
-        task = self._get(task_id)
+        task = self._get(check_task_id(task_id))
         self._check_usable()
         status = task.record.status
         if status in FINISHED:
@@ -681,9 +701,10 @@ class Pool:
         """Return a snapshot of one task.
 
         Raises:
+            TypeError: ``task_id`` is not a str.
             UnknownTaskError: No task has this id.
         """
-        return self._info(self._get(task_id))
+        return self._info(self._get(check_task_id(task_id)))
 
     def tasks(self) -> list[TaskInfo]:
         """Return a snapshot of every task the pool knows, in submission order."""
@@ -964,6 +985,33 @@ class Pool:
                 await self._journal.flush()
 
 
+def _opened_events(pool: Pool) -> None:
+    report = pool.recovery
+    if report.torn_tail is not None:
+        torn = report.torn_tail
+        emit(
+            "warning",
+            "journal.torn_tail",
+            pool=report.path,
+            line=torn.line,
+            offset=torn.offset,
+            length=torn.length,
+            reason=torn.reason,
+        )
+    emit(
+        "info",
+        "pool.opened",
+        pool=report.path,
+        created=report.created,
+        tasks=report.tasks,
+        requeued=len(report.requeued),
+        queued=report.queued,
+        resumed=len(report.resumed),
+        unresolved=len(report.unresolved),
+        dropped_finished=report.dropped_finished,
+    )
+
+
 @asynccontextmanager
 async def open_pool(
     path: str | os.PathLike[str],
@@ -1034,8 +1082,22 @@ async def open_pool(
         JournalCorruptError: The journal cannot be trusted; it was not changed.
         JournalVersionError: A newer harnpool wrote the journal.
         JournalWriteError: The journal failed while the pool was open.
-        ValueError: A setting is out of range.
+        TypeError: A setting has the wrong type: ``path`` must be a str or
+            ``os.PathLike`` of str; counts are ints (a bool is not one);
+            seconds are ints or floats; ``on_full`` and ``strategy`` are str;
+            ``retry_on`` is an iterable of exception types.
+        ValueError: A setting is out of range: counts below their minimum or
+            beyond 64 bits, seconds negative (or 0 for ``aging`` and
+            ``timeout``), NaN or infinite, ``retry_backoff_max`` below
+            ``retry_backoff``, an unknown ``on_full`` or ``strategy``, or an
+            empty ``path`` or one holding a NUL.
+
+    Every setting is checked before the journal is locked or read, so a wrong
+    one leaves the file as it was; if opening fails after the lock was taken,
+    the lock is released before the error propagates.
     """
+    # Every setting is checked before the lock is taken or the file touched.
+    path = check_path(path)
     settings = _Settings(
         max_concurrent=max_concurrent,
         max_queued=max_queued,
@@ -1043,53 +1105,32 @@ async def open_pool(
         strategy=strategy,
         aging=aging,
         retries=retries,
-        retry_on=None if retry_on is None else tuple(retry_on),
+        retry_on=retry_on,  # type: ignore[arg-type]  # made a tuple, and checked, by _Settings
         retry_backoff=retry_backoff,
         retry_backoff_max=retry_backoff_max,
         timeout=timeout,
+        keep_finished=keep_finished,
+        keep_finished_for=keep_finished_for,
     )
-    settings.check()
-    _retry_names(settings.retry_on)
-    if keep_finished is not None and keep_finished < 0:
-        raise ValueError(f"keep_finished must be 0 or more, not {keep_finished}")
-    if keep_finished_for is not None and keep_finished_for < 0:
-        raise ValueError(f"keep_finished_for must be 0 or more, not {keep_finished_for}")
     opened = await anyio.to_thread.run_sync(
         functools.partial(
             open_journal,
             path,
-            max_concurrent=max_concurrent,
-            strategy=strategy,
-            keep_finished=keep_finished,
-            keep_finished_for=keep_finished_for,
+            max_concurrent=settings.max_concurrent,
+            strategy=settings.strategy,
+            keep_finished=settings.keep_finished,
+            keep_finished_for=settings.keep_finished_for,
         )
     )
     journal = Journal(opened)
-    pool = Pool(journal, opened, settings)
-    report = pool.recovery
-    if report.torn_tail is not None:
-        torn = report.torn_tail
-        emit(
-            "warning",
-            "journal.torn_tail",
-            pool=opened.path,
-            line=torn.line,
-            offset=torn.offset,
-            length=torn.length,
-            reason=torn.reason,
-        )
-    emit(
-        "info",
-        "pool.opened",
-        pool=opened.path,
-        created=report.created,
-        tasks=report.tasks,
-        requeued=len(report.requeued),
-        queued=report.queued,
-        resumed=len(report.resumed),
-        unresolved=len(report.unresolved),
-        dropped_finished=report.dropped_finished,
-    )
+    try:
+        pool = Pool(journal, opened, settings)
+        _opened_events(pool)
+    except BaseException:
+        # Nothing runs yet: give the lock back (recovering a task may import user code).
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(journal.close)
+        raise
     # The block's own exception is re-raised after the task group, so callers
     # catch what they raised rather than an exception group around it.
     error: BaseException | None = None
