@@ -11,13 +11,19 @@ half a record behind or a writer that hangs.
 from __future__ import annotations
 
 import math
+import shutil
 import sys
+import tempfile
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import anyio
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import harnpool
 from harnpool import Job, Status
@@ -454,3 +460,176 @@ class TestWriterFailure:
         assert ran == ["broken", "after"]
         assert len(failures) == 1
         assert isinstance(failures[0].__cause__, RuntimeError)
+
+
+# -- every parameter, any wrong value ----------------------------------------------------
+
+_NOT_NUMBERS = st.one_of(
+    st.text(max_size=3),
+    st.binary(max_size=3),
+    st.complex_numbers(max_magnitude=10),
+    st.lists(st.integers(), max_size=2),
+    st.sampled_from([object(), Decimal(1), Fraction(1, 3), {"n": 1}]),
+)
+_NOT_INTS = st.one_of(st.booleans(), st.floats(), _NOT_NUMBERS)
+_UNFINITE = st.sampled_from([math.nan, math.inf, -math.inf, 10**400, -(10**400)])
+
+
+def _bad_int(minimum: int, *, none_ok: bool) -> st.SearchStrategy[Any]:
+    wrong = [_NOT_INTS, st.integers(max_value=minimum - 1), st.integers(min_value=2**63)]
+    return st.one_of(*wrong, *([] if none_ok else [st.none()]))
+
+
+def _bad_seconds(*, positive: bool, none_ok: bool) -> st.SearchStrategy[Any]:
+    below = (
+        st.floats(max_value=0.0, allow_nan=False, allow_infinity=False)
+        if positive
+        else st.floats(max_value=-1e-9, allow_nan=False, allow_infinity=False)
+    )
+    wrong = [st.booleans(), _NOT_NUMBERS, _UNFINITE, below, st.integers(max_value=-1)]
+    return st.one_of(*wrong, *([] if none_ok else [st.none()]))
+
+
+_LONE_SURROGATE = st.tuples(
+    st.text(max_size=3), st.characters(categories=["Cs"]), st.text(max_size=3)
+).map("".join)
+_BAD_TEXT = st.one_of(
+    st.integers(), st.binary(max_size=3), st.booleans(), st.floats(), _LONE_SURROGATE
+)
+_BAD_RETRY_ON = st.one_of(
+    st.integers(),
+    st.text(max_size=3),
+    st.just(ValueError),
+    st.lists(
+        st.one_of(st.integers(), st.text(max_size=2), st.just(int), st.just(ValueError("x"))),
+        min_size=1,
+        max_size=3,
+    ),
+)
+
+
+def _bad_choice(choices: tuple[str, ...]) -> st.SearchStrategy[Any]:
+    return st.one_of(
+        st.text(max_size=8).filter(lambda t: t not in choices), st.none(), st.integers()
+    )
+
+
+_TASK_OPTIONS: dict[str, st.SearchStrategy[Any]] = {
+    "key": _BAD_TEXT,
+    "priority": _bad_int(-(2**63), none_ok=False),
+    "group": _BAD_TEXT,
+    "retries": _bad_int(0, none_ok=True),
+    "retry_on": _BAD_RETRY_ON,
+    "timeout": _bad_seconds(positive=True, none_ok=True),
+}
+_POOL_SETTINGS: dict[str, st.SearchStrategy[Any]] = {
+    "max_concurrent": _bad_int(1, none_ok=False),
+    "max_queued": _bad_int(1, none_ok=True),
+    "on_full": _bad_choice(("block", "reject", "drop_oldest", "drop_newest")),
+    "strategy": _bad_choice(("priority", "fifo", "lifo", "fair")),
+    "aging": _bad_seconds(positive=True, none_ok=True),
+    "retries": _bad_int(0, none_ok=False),
+    "retry_on": _BAD_RETRY_ON,
+    "retry_backoff": _bad_seconds(positive=False, none_ok=False),
+    "retry_backoff_max": _bad_seconds(positive=False, none_ok=False),
+    "timeout": _bad_seconds(positive=True, none_ok=True),
+    "keep_finished": _bad_int(0, none_ok=True),
+    "keep_finished_for": _bad_seconds(positive=False, none_ok=True),
+    "path": st.one_of(st.integers(), st.binary(max_size=3), st.none(), st.just("")),
+}
+_NOT_STR = st.one_of(st.integers(), st.binary(max_size=3), st.none(), st.floats(), st.tuples())
+
+
+@st.composite
+def _bad_calls(draw: st.DrawFn) -> tuple[str, str, Any]:
+    """One wrong call: (what is called, the parameter named in the error, the value)."""
+    target = draw(
+        st.sampled_from(
+            ["submit", "job", "fn", "submit_many", "wait", "wait_timeout", "cancel", "open"]
+        )
+    )
+    if target in ("submit", "job"):
+        name = draw(st.sampled_from(sorted(_TASK_OPTIONS)))
+        return target, name, draw(_TASK_OPTIONS[name])
+    if target == "open":
+        name = draw(st.sampled_from(sorted(_POOL_SETTINGS)))
+        return target, name, draw(_POOL_SETTINGS[name])
+    if target == "fn":
+        return (
+            target,
+            "fn",
+            draw(st.one_of(st.just("a coroutine object"), st.integers(), st.none())),
+        )
+    if target == "submit_many":
+        items = st.lists(st.one_of(st.integers(), st.text(max_size=2), st.none()), min_size=1)
+        return target, "jobs", draw(st.one_of(st.integers(), st.none(), items))
+    if target == "wait_timeout":
+        return target, "timeout", draw(_bad_seconds(positive=False, none_ok=True))
+    return target, "task_id", draw(_NOT_STR)
+
+
+async def _call(pool: harnpool.Pool, path: Path, call: tuple[str, str, Any], known: str) -> None:
+    target, name, value = call
+    if target == "submit":
+        await pool.submit(noop, **{name: value})
+    elif target == "job":
+        Job(noop, **{name: value})
+    elif target == "fn":
+        fn: Any = noop() if value == "a coroutine object" else value
+        await pool.submit(fn)
+    elif target == "submit_many":
+        await pool.submit_many(value if not isinstance(value, list) else [Job(noop), *value])
+    elif target == "wait":
+        await pool.wait(value)
+    elif target == "wait_timeout":
+        await pool.wait(known, timeout=value)
+    elif target == "cancel":
+        await pool.cancel(value)
+    else:
+        where = value if name == "path" else path
+        settings = {} if name == "path" else {name: value}
+        async with harnpool.open_pool(where, **settings):
+            pass  # pragma: no cover - refused on the way in
+
+
+async def _drive(path: Path, calls: list[tuple[str, str, Any]]) -> None:
+    acknowledged: list[str] = []
+    with anyio.fail_after(20):
+        async with harnpool.open_pool(path) as pool:
+            known = await pool.submit(noop)
+            await pool.wait(known)
+            acknowledged.append(known)
+            for call in calls:
+                before = (path.read_bytes(), pool.statistics(), pool.tasks())
+                with pytest.raises((TypeError, ValueError)) as info:
+                    await _call(pool, path, call, known)
+                assert not isinstance(info.value, harnpool.HarnpoolError), info.value
+                assert call[1] in str(info.value)
+                assert (path.read_bytes(), pool.statistics(), pool.tasks()) == before
+                # Still usable: a good submit is acknowledged and runs.
+                task_id = await pool.submit(noop, key=f"good-{len(acknowledged)}")
+                assert await pool.wait(task_id) == 1
+                acknowledged.append(task_id)
+        async with harnpool.open_pool(path) as pool:
+            infos = pool.tasks()
+    assert [info.id for info in infos] == acknowledged
+    assert {info.status for info in infos} == {Status.COMPLETED}
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(calls=st.lists(_bad_calls(), min_size=1, max_size=4))
+def test_every_parameter_refuses_wrong_values_and_the_pool_goes_on(
+    backend: str, calls: list[tuple[str, str, Any]]
+) -> None:
+    directory = Path(tempfile.mkdtemp(prefix="harnpool-validation-"))
+    try:
+        anyio.run(_drive, directory / "pool.jsonl", calls, backend=backend)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
