@@ -126,8 +126,8 @@ class Job:
 
     ``Job(fn, *args, key=..., priority=..., ...)`` means what
     ``pool.submit(fn, *args, key=..., priority=..., ...)`` means. The options
-    are checked here, so a wrong one fails where the job is built; a job
-    cannot be changed afterwards.
+    are checked here, so a wrong one fails where the job is built; its
+    attributes are read-only.
 
     Raises:
         TypeError: ``fn`` is a coroutine object or not callable, or an option
@@ -135,16 +135,8 @@ class Job:
         ValueError: An option is out of range (see :meth:`Pool.submit`).
     """
 
-    __slots__ = ("args", "fn", "group", "key", "priority", "retries", "retry_on", "timeout")
-
-    fn: TaskFunction
-    args: tuple[Any, ...]
-    key: str | None
-    priority: int
-    group: str | None
-    retries: int | None
-    retry_on: tuple[type[BaseException], ...] | None
-    timeout: float | None
+    # Read-only properties over private slots: checked once, a job is never changed.
+    __slots__ = ("_args", "_fn", "_group", "_key", "_priority", "_retries", "_retry_on", "_timeout")
 
     def __init__(
         self,
@@ -159,33 +151,59 @@ class Job:
         timeout: float | None = None,
     ) -> None:
         _check_function(fn)
-        options = check_task_options(
-            key=key,
-            priority=priority,
-            group=group,
-            retries=retries,
-            retry_on=retry_on,
-            timeout=timeout,
-        )
-        init = object.__setattr__
-        init(self, "fn", fn)
-        init(self, "args", args)
-        init(self, "key", options.key)
-        init(self, "priority", options.priority)
-        init(self, "group", options.group)
-        init(self, "retries", options.retries)
-        init(self, "retry_on", options.retry_on)
-        init(self, "timeout", options.timeout)
+        self._fn = fn
+        self._args = args
+        (
+            self._key,
+            self._priority,
+            self._group,
+            self._retries,
+            self._retry_on,
+            self._timeout,
+        ) = check_task_options(key, priority, group, retries, retry_on, timeout)
 
-    def __setattr__(self, name: str, value: object) -> None:
-        # Checked once, when built: a changed job would reach the journal unchecked.
-        raise AttributeError(f"a Job cannot be changed (setting {name!r}); build a new one")
+    @property
+    def fn(self) -> TaskFunction:
+        """The function to run."""
+        return self._fn
 
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"a Job cannot be changed (deleting {name!r}); build a new one")
+    @property
+    def args(self) -> tuple[Any, ...]:
+        """Its positional arguments."""
+        return self._args
+
+    @property
+    def key(self) -> str | None:
+        """The idempotency key, or None."""
+        return self._key
+
+    @property
+    def priority(self) -> int:
+        """The priority: higher runs first."""
+        return self._priority
+
+    @property
+    def group(self) -> str | None:
+        """The label the ``fair`` strategy round-robins between, or None."""
+        return self._group
+
+    @property
+    def retries(self) -> int | None:
+        """How many failed attempts are retried; None for the pool's default."""
+        return self._retries
+
+    @property
+    def retry_on(self) -> tuple[type[BaseException], ...] | None:
+        """The exception types retried; None for the pool's default."""
+        return self._retry_on
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds an attempt may run; None for the pool's default."""
+        return self._timeout
 
     def __repr__(self) -> str:
-        return f"Job({_qualified_name(self.fn)}, *{self.args!r}, key={self.key!r})"
+        return f"Job({_qualified_name(self._fn)}, *{self._args!r}, key={self._key!r})"
 
 
 def _check_async(fn: object) -> bool:
@@ -465,7 +483,7 @@ class Pool:
     def _prepare(self, job: Job) -> TaskRecord:
         """Check a job and build its record (id and seq are filled in later)."""
         settings = self._settings
-        name = registered_name(job.fn)
+        name = registered_name(job._fn)
         if name is not None and not name.isascii():
             try:
                 name.encode("utf-8")
@@ -473,38 +491,38 @@ class Pool:
                 raise ValueError(
                     f"fn is registered under a name that cannot be stored: {name!r}"
                 ) from None
-        stored = encode_args(job.fn, job.args) if name is not None else msgspec.UNSET
-        retry_on = self._retry_on if job.retry_on is None else _retry_names(job.retry_on)
+        stored = encode_args(job._fn, job._args) if name is not None else msgspec.UNSET
+        retry_on = self._retry_on if job._retry_on is None else _retry_names(job._retry_on)
         return TaskRecord(
             id="",
             seq=0,
             status=Status.QUEUED,
             submitted_at=0.0,
-            priority=job.priority,
-            key=job.key,
-            function=_function_name(job.fn),
+            priority=job._priority,
+            key=job._key,
+            function=_function_name(job._fn),
             name=name,
             args=stored,
-            group=job.group,
-            retries=settings.retries if job.retries is None else job.retries,
+            group=job._group,
+            retries=settings.retries if job._retries is None else job._retries,
             retry_on=retry_on,
-            timeout=settings.timeout if job.timeout is None else job.timeout,
+            timeout=settings.timeout if job._timeout is None else job._timeout,
         )
 
     def _existing(self, job: Job) -> _Task | None:
-        if job.key is None:
+        if job._key is None:
             return None
-        task_id = self._by_key.get(job.key)
+        task_id = self._by_key.get(job._key)
         if task_id is None:
             return None
         task = self._tasks[task_id]
         if task.fn is None:
             if task.record.status is Status.QUEUED:
-                self._attach(task, job.fn, job.args)
+                self._attach(task, job._fn, job._args)
             else:
                 # Finished: it never runs again, but its function's return
                 # annotation now types the stored result for wait().
-                task.fn = job.fn
+                task.fn = job._fn
         return task
 
     async def _admit(self) -> str | None:
@@ -545,11 +563,11 @@ class Pool:
         # Appended first: if the record cannot be written, the pool's memory is unchanged.
         batch = self._journal.append(record)
         self._counter = seq
-        task = _Task(record, job.fn, job.args)
+        task = _Task(record, job._fn, job._args)
         task.batch = batch
         self._tasks[record.id] = task
-        if job.key is not None:
-            self._by_key[job.key] = record.id
+        if job._key is not None:
+            self._by_key[job._key] = record.id
         self._counts[record.status] += 1
         if reason is None:
             # Queued once durable, whatever becomes of the submitter meanwhile.

@@ -165,39 +165,37 @@ def check_wait_timeout(timeout: object) -> float | None:
     return _seconds("timeout", timeout, positive=False, optional=True)
 
 
-@dataclass(frozen=True, slots=True)
-class TaskOptions:
-    """A task's options, checked: what :class:`~harnpool.Job` keeps."""
-
-    key: str | None
-    priority: int
-    group: str | None
-    retries: int | None
-    retry_on: tuple[type[BaseException], ...] | None
-    timeout: float | None
+TaskOptions = tuple[
+    str | None, int, str | None, int | None, tuple[type[BaseException], ...] | None, float | None
+]
+"""A task's options, checked: key, priority, group, retries, retry_on, timeout."""
 
 
 def check_task_options(
-    *,
     key: object,
     priority: object,
     group: object,
     retries: object,
     retry_on: object,
     timeout: object,
+    /,
 ) -> TaskOptions:
-    """Check one task's options (as ``submit`` and ``Job`` take them)."""
-    checked_priority = _int("priority", priority, minimum=_INT_MIN)
-    assert checked_priority is not None
-    checked_retries, checked_timeout = _check_retry(retries, timeout)
-    return TaskOptions(
-        key=_text("key", key),
-        priority=checked_priority,
-        group=_text("group", group),
-        retries=checked_retries,
-        retry_on=_retry_types(retry_on),
-        timeout=checked_timeout,
-    )
+    """Check one task's options (as ``submit`` and ``Job`` take them).
+
+    This runs on every submit: the common values (None, a plain int, an ASCII
+    str) take a quick path, anything else the full check.
+    """
+    if type(priority) is not int or not _INT_MIN <= priority <= _INT_MAX:
+        priority = _int("priority", priority, minimum=_INT_MIN)
+    if key is not None and (type(key) is not str or not key.isascii()):
+        key = _text("key", key)
+    if group is not None and (type(group) is not str or not group.isascii()):
+        group = _text("group", group)
+    if retries is not None or timeout is not None:
+        retries, timeout = _check_retry(retries, timeout)
+    if retry_on is not None:
+        retry_on = _retry_types(retry_on)
+    return key, priority, group, retries, retry_on, timeout  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, slots=True)
