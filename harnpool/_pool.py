@@ -92,11 +92,8 @@ def _qualified_name(obj: object) -> str:
         obj = obj.func
     module = getattr(obj, "__module__", None) or type(obj).__module__
     name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
-    qualified = f"{module}.{name}"
-    if not qualified.isascii():
-        # Only for people reading the journal: a lone surrogate must not make it unwritable.
-        qualified = qualified.encode("utf-8", "backslashreplace").decode("utf-8")
-    return qualified
+    # Only for people reading the journal: a lone surrogate must not make it unwritable.
+    return _storable(f"{module}.{name}")
 
 
 _cached_qualified_name = functools.lru_cache(maxsize=1024)(_qualified_name)
@@ -107,6 +104,21 @@ def _function_name(fn: object) -> str:
         return _cached_qualified_name(fn)
     except TypeError:  # an unhashable callable object: nothing to cache it by
         return _qualified_name(fn)
+
+
+def _storable(text: str) -> str:
+    """``text`` made writable as UTF-8: a lone surrogate becomes its escape."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _error_message(exc: BaseException) -> str:
+    """``str(exc)`` as the journal can store it, even when that raises."""
+    try:
+        return _storable(str(exc))
+    except Exception:
+        return f"<str() of the {type(exc).__qualname__} raised>"
 
 
 def _check_function(fn: object) -> None:
@@ -829,8 +841,9 @@ class Pool:
 
     def _failed_attempt(self, task: _Task, exc: BaseException, now: float) -> None:
         record = task.record
-        error_type = _type_name(type(exc))
-        error = {"error_type": error_type, "error_message": str(exc)}
+        error_type = _storable(_type_name(type(exc)))
+        message = _error_message(exc)
+        error = {"error_type": error_type, "error_message": message}
         if record.attempts <= record.retries and self._retryable(record, exc):
             backoff = self._settings.retry_backoff * 2 ** (record.attempts - 1)
             delay = min(self._settings.retry_backoff_max, backoff)
@@ -849,7 +862,7 @@ class Pool:
                 key=record.key,
                 attempt=record.attempts,
                 delay=round(delay, 3),
-                error=f"{error_type}: {exc}",
+                error=f"{error_type}: {message}",
             )
             self._enqueue(task)
             return
@@ -864,7 +877,7 @@ class Pool:
             task_id=record.id,
             key=record.key,
             attempts=record.attempts,
-            error=f"{error_type}: {exc}",
+            error=f"{error_type}: {message}",
         )
 
     @staticmethod
@@ -935,7 +948,7 @@ class Pool:
         except Exception as exc:  # also RecursionError, and errors from code msgspec calls
             error = ResultNotEncodableError(
                 f"task {task.record.id} returned a {_type_name(type(value))}, "
-                f"which cannot be stored as JSON: {exc}"
+                f"which cannot be stored as JSON: {_error_message(exc)}"
             )
             error.__cause__ = exc
             task.exc = error

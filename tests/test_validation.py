@@ -464,6 +464,36 @@ class TestWriterFailure:
         assert isinstance(failures[0].__cause__, RuntimeError)
 
 
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+async def raise_lone_surrogate() -> None:
+    raise ValueError("bad " + LONE)
+
+
+async def raise_unprintable() -> None:
+    raise Unprintable
+
+
+class TestTaskErrorText:
+    @pytest.mark.parametrize("fn", [raise_lone_surrogate, raise_unprintable])
+    async def test_an_error_whose_text_cannot_be_stored_only_fails_its_task(
+        self, journal_path: Path, fn: Any
+    ) -> None:
+        with anyio.fail_after(10):
+            async with harnpool.open_pool(journal_path) as pool:
+                failing = await pool.submit(fn)
+                with pytest.raises(harnpool.TaskFailed) as info:
+                    await pool.wait(failing)
+                assert isinstance(info.value.__cause__, ValueError | Unprintable)
+                assert info.value.error_message.encode("utf-8")
+                assert await pool.wait(await pool.submit(noop)) == 1
+            async with harnpool.open_pool(journal_path) as pool:
+                assert [i.status for i in pool.tasks()] == [Status.FAILED, Status.COMPLETED]
+
+
 # -- every parameter, any wrong value ----------------------------------------------------
 
 _NOT_NUMBERS = st.one_of(
