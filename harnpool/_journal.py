@@ -647,15 +647,28 @@ class Batch:
         self.on_durable: list[Callable[[], object]] = []
 
     def _finish(self, error: JournalWriteError | None) -> None:
+        """Wake the batch's waiters, and run its callbacks if it is durable.
+
+        Raises:
+            BaseException: The first exception a callback raised, once every
+                callback has run (the writer then fails the journal).
+        """
         self._error = error
         # Waiters first: they are woken in this order, and a submitter's next
         # record should reach the writer before the tasks the callbacks start.
         self._done.set()
-        if error is None:
-            self.durable = True
-            for callback in self.on_durable:
+        callbacks, self.on_durable = self.on_durable, []
+        if error is not None or self.durable:
+            return
+        self.durable = True
+        failure: BaseException | None = None
+        for callback in callbacks:
+            try:
                 callback()
-        self.on_durable = []
+            except BaseException as exc:  # every callback runs, so no waiter is forgotten
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
     async def wait(self) -> None:
         """Return once every record in the batch is durable.
@@ -718,11 +731,23 @@ class Journal:
         """Queue ``record`` for the next flush and return the batch to await.
 
         After a failure the returned batch is already failed. Never blocks.
+
+        Raises:
+            Exception: ``record`` cannot be encoded (msgspec's error); nothing
+                was queued and the pending batch is as it was.
         """
         batch = self._pending
         if self.error is None:
-            self._encoder.encode_into(record, batch.buf, -1)
-            batch.buf += b"\n"
+            buf = batch.buf
+            end = len(buf)
+            try:
+                self._encoder.encode_into(record, buf, -1)
+            except BaseException:
+                # A record that fails half-way must not leave its start in the
+                # batch, where the next record would be glued to it.
+                del buf[end:]
+                raise
+            buf += b"\n"
             self._wakeup.set()
         return batch
 
@@ -801,16 +826,29 @@ class Journal:
                 return  # fail-stop: nothing is written after a failure
 
     def _flushed(self, flush: _Flush) -> None:
-        """On the event loop: settle a batch the writer thread is done with."""
-        if self.error is not None:
-            pass  # already failed (the writer was interrupted): never announce durability
-        elif flush.error is not None:
-            self._fail(flush.batch, flush.error)
-        else:
-            self.flushes += 1
-            self._in_flight = None
-            flush.batch._finish(None)
-        flush.done.set()
+        """On the event loop: settle a batch the writer thread is done with.
+
+        Runs as a callback of the event loop, where an exception would be lost
+        (asyncio) or end the run (trio), and ``done`` must be set or the writer
+        waits forever: whatever goes wrong here fails the journal instead.
+        """
+        try:
+            if self.error is not None:
+                pass  # already failed (the writer was interrupted): never announce durability
+            elif flush.error is not None:
+                self._fail(flush.batch, flush.error)
+            else:
+                self.flushes += 1
+                self._in_flight = None
+                flush.batch._finish(None)
+        except BaseException as exc:
+            # A callback of a durable batch raised: what the pool holds in
+            # memory no longer follows the journal, so stop it.
+            self._fail(flush.batch, exc)
+            if not isinstance(exc, Exception):
+                raise  # KeyboardInterrupt and the like still end the program
+        finally:
+            flush.done.set()
 
     def stop(self) -> None:
         """Let :meth:`run` return once it has flushed what is pending."""
@@ -818,9 +856,17 @@ class Journal:
         self._wakeup.set()
 
     def _fail(self, batch: Batch, exc: BaseException) -> None:
+        if self.error is not None:
+            # Failed already (a callback of the failure raised): just settle the batch.
+            batch._finish(self.error)
+            return
+        if isinstance(exc, OSError):
+            what = f"writing journal {self.path!r} failed ({exc})"
+        else:
+            what = f"the writer of journal {self.path!r} failed ({type(exc).__qualname__}: {exc})"
         error = JournalWriteError(
-            f"writing journal {self.path!r} failed ({exc}); the pool has stopped and "
-            "acknowledged nothing after the failure: reopen the journal to recover",
+            f"{what}; the pool has stopped and acknowledged nothing after the failure: "
+            "reopen the journal to recover",
             path=self.path,
             cause=exc,
         )

@@ -15,8 +15,7 @@ import time
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -40,15 +39,23 @@ from ._errors import (
 from ._events import emit
 from ._info import PoolStatistics, RecoveryReport, TaskInfo
 from ._journal import Batch, Journal, Opened, _threadsafe_caller, open_journal
-from ._queue import STRATEGIES, ReadyQueue, Strategy
+from ._queue import ReadyQueue, Strategy
 from ._records import FINISHED, Status, TaskRecord
 from ._registry import decode_args, encode_args, lookup, registered_name
+from ._settings import (
+    OnFull,
+    _retry_names,
+    _Settings,
+    _type_name,
+    check_path,
+    check_task_id,
+    check_task_options,
+    check_wait_timeout,
+)
 
 __all__ = ["Job", "OnFull", "Pool", "open_pool"]
 
 TaskFunction = Callable[..., Awaitable[Any]] | Callable[..., Any]
-OnFull = Literal["block", "reject", "drop_oldest", "drop_newest"]
-_ON_FULL: tuple[OnFull, ...] = ("block", "reject", "drop_oldest", "drop_newest")
 
 
 class _Task:
@@ -156,7 +163,8 @@ def _qualified_name(obj: object) -> str:
         obj = obj.func
     module = getattr(obj, "__module__", None) or type(obj).__module__
     name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
-    return f"{module}.{name}"
+    # Only for people reading the journal: a lone surrogate must not make it unwritable.
+    return _storable(f"{module}.{name}")
 
 
 # Weak caches, not lru_caches: a cache must not keep a user's function (or the
@@ -164,8 +172,19 @@ def _qualified_name(obj: object) -> str:
 _function_name = WeakCache[object, str](_qualified_name)
 
 
-def _type_name(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
+def _storable(text: str) -> str:
+    """``text`` made writable as UTF-8: a lone surrogate becomes its escape."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _error_message(exc: BaseException) -> str:
+    """``str(exc)`` as the journal can store it, even when that raises."""
+    try:
+        return _storable(str(exc))
+    except Exception:
+        return f"<str() of the {type(exc).__qualname__} raised>"
 
 
 def _check_function(fn: object) -> None:
@@ -174,10 +193,10 @@ def _check_function(fn: object) -> None:
     if inspect.iscoroutine(fn):
         fn.close()  # it will never run: spare the "never awaited" warning
         raise TypeError(
-            "submit() takes a function and its arguments, not a coroutine object: "
+            "fn must be a function, given with its arguments, not a coroutine object: "
             "write pool.submit(fetch, url), not pool.submit(fetch(url))"
         )
-    raise TypeError(f"submit() takes a callable, not {type(fn).__qualname__}")
+    raise TypeError(f"fn must be callable, not {type(fn).__qualname__}")
 
 
 #: What a task function may raise that stops the program, not just the task: an
@@ -230,10 +249,18 @@ class Job:
     """One task for :meth:`Pool.submit_many`: a function, its arguments, and options.
 
     ``Job(fn, *args, key=..., priority=..., ...)`` means what
-    ``pool.submit(fn, *args, key=..., priority=..., ...)`` means.
+    ``pool.submit(fn, *args, key=..., priority=..., ...)`` means. The options
+    are checked here, so a wrong one fails where the job is built; its
+    attributes are read-only.
+
+    Raises:
+        TypeError: ``fn`` is a coroutine object or not callable, or an option
+            has the wrong type (see :meth:`Pool.submit`).
+        ValueError: An option is out of range (see :meth:`Pool.submit`).
     """
 
-    __slots__ = ("args", "fn", "group", "key", "priority", "retries", "retry_on", "timeout")
+    # Read-only properties over private slots: checked once, a job is never changed.
+    __slots__ = ("_args", "_fn", "_group", "_key", "_priority", "_retries", "_retry_on", "_timeout")
 
     def __init__(
         self,
@@ -247,17 +274,60 @@ class Job:
         retry_on: Iterable[type[BaseException]] | None = None,
         timeout: float | None = None,
     ) -> None:
-        self.fn = fn
-        self.args = args
-        self.key = key
-        self.priority = priority
-        self.group = group
-        self.retries = retries
-        self.retry_on = None if retry_on is None else tuple(retry_on)
-        self.timeout = timeout
+        _check_function(fn)
+        self._fn = fn
+        self._args = args
+        (
+            self._key,
+            self._priority,
+            self._group,
+            self._retries,
+            self._retry_on,
+            self._timeout,
+        ) = check_task_options(key, priority, group, retries, retry_on, timeout)
+
+    @property
+    def fn(self) -> TaskFunction:
+        """The function to run."""
+        return self._fn
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        """Its positional arguments."""
+        return self._args
+
+    @property
+    def key(self) -> str | None:
+        """The idempotency key, or None."""
+        return self._key
+
+    @property
+    def priority(self) -> int:
+        """The priority: higher runs first."""
+        return self._priority
+
+    @property
+    def group(self) -> str | None:
+        """The label the ``fair`` strategy round-robins between, or None."""
+        return self._group
+
+    @property
+    def retries(self) -> int | None:
+        """How many failed attempts are retried; None for the pool's default."""
+        return self._retries
+
+    @property
+    def retry_on(self) -> tuple[type[BaseException], ...] | None:
+        """The exception types retried; None for the pool's default."""
+        return self._retry_on
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds an attempt may run; None for the pool's default."""
+        return self._timeout
 
     def __repr__(self) -> str:
-        return f"Job({_qualified_name(self.fn)}, *{self.args!r}, key={self.key!r})"
+        return f"Job({_qualified_name(self._fn)}, *{self._args!r}, key={self._key!r})"
 
 
 def _check_async(fn: object) -> bool:
@@ -293,65 +363,6 @@ _plain_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
 
 
 _decoder_for = WeakCache[Callable[..., object], msgspec.json.Decoder[Any] | None](_result_decoder)
-
-
-@dataclass(frozen=True, slots=True)
-class _Settings:
-    max_concurrent: int
-    max_queued: int | None
-    on_full: OnFull
-    strategy: Strategy
-    aging: float | None
-    retries: int
-    retry_on: tuple[type[BaseException], ...] | None
-    retry_backoff: float
-    retry_backoff_max: float
-    timeout: float | None
-    max_recoveries: int | None
-
-    def check(self) -> None:
-        if self.max_concurrent < 1:
-            raise ValueError(f"max_concurrent must be at least 1, not {self.max_concurrent}")
-        if self.max_queued is not None and self.max_queued < 1:
-            raise ValueError(f"max_queued must be at least 1 or None, not {self.max_queued}")
-        if self.on_full not in _ON_FULL:
-            raise ValueError(f"on_full must be one of {', '.join(_ON_FULL)}, not {self.on_full!r}")
-        if self.strategy not in STRATEGIES:
-            raise ValueError(
-                f"strategy must be one of {', '.join(STRATEGIES)}, not {self.strategy!r}"
-            )
-        _check_retry(self.retries, self.timeout)
-        if self.retry_backoff < 0 or self.retry_backoff_max < self.retry_backoff:
-            raise ValueError("need 0 <= retry_backoff <= retry_backoff_max")
-
-
-def _check_max_recoveries(max_recoveries: object) -> None:
-    if max_recoveries is None:
-        return
-    if isinstance(max_recoveries, bool) or not isinstance(max_recoveries, int):
-        raise TypeError(
-            f"max_recoveries must be an int or None, not {type(max_recoveries).__qualname__}"
-        )
-    if max_recoveries < 0:
-        raise ValueError(f"max_recoveries must be 0 or more, or None, not {max_recoveries}")
-
-
-def _check_retry(retries: int | None, timeout: float | None) -> None:
-    if retries is not None and retries < 0:
-        raise ValueError(f"retries must be 0 or more, not {retries}")
-    if timeout is not None and not timeout > 0:
-        raise ValueError(f"timeout must be a positive number of seconds, not {timeout}")
-
-
-def _retry_names(retry_on: Iterable[type[BaseException]] | None) -> tuple[str, ...] | None:
-    if retry_on is None:
-        return None
-    names = []
-    for cls in retry_on:
-        if not (isinstance(cls, type) and issubclass(cls, BaseException)):
-            raise TypeError(f"retry_on takes exception types, not {cls!r}")
-        names.append(_type_name(cls))
-    return tuple(names)
 
 
 class Pool:
@@ -565,7 +576,15 @@ class Pool:
             The task's id.
 
         Raises:
-            TypeError: ``fn`` is a coroutine object or not callable.
+            TypeError: ``fn`` is a coroutine object or not callable, or an
+                option has the wrong type: ``key`` and ``group`` must be str or
+                None, ``priority`` an int (not a bool), ``retries`` an int or
+                None, ``retry_on`` an iterable of exception types or None,
+                ``timeout`` a number or None. Nothing was written.
+            ValueError: An option is out of range: a ``key`` or ``group`` that
+                does not encode as UTF-8 (a lone surrogate), a ``priority`` or
+                ``retries`` beyond 64 bits, ``retries`` below 0, a ``timeout``
+                not finite or not above 0. Nothing was written.
             ArgumentsNotEncodableError: ``fn`` is registered and ``args`` cannot
                 be stored; nothing was written.
             QueueFull: The queue is full and ``on_full`` is ``"reject"``.
@@ -593,8 +612,10 @@ class Pool:
         makes it wait (``on_full="block"``), every new record goes in one flush.
 
         Raises:
-            TypeError: A job's function is a coroutine object or not callable,
-                or its options are wrong; nothing was submitted.
+            TypeError: ``jobs`` is not an iterable of :class:`Job`; nothing was
+                submitted. (A job's own options are checked when it is built.)
+            ValueError: A registered job's function name cannot be stored;
+                nothing was submitted.
             ArgumentsNotEncodableError: A registered function's arguments cannot
                 be stored; nothing was submitted.
             QueueFull: The queue is full and ``on_full`` is ``"reject"``; the jobs
@@ -602,7 +623,12 @@ class Pool:
             PoolClosedError: The pool is closed.
             JournalWriteError: The journal failed; the pool has stopped.
         """
+        if isinstance(jobs, Job) or not isinstance(jobs, Iterable):
+            raise TypeError(f"jobs must be an iterable of Job, not {type(jobs).__qualname__}")
         jobs = list(jobs)
+        for job in jobs:
+            if not isinstance(job, Job):
+                raise TypeError(f"jobs must hold only Job objects, not {type(job).__qualname__}")
         prepared = [self._prepare(job) for job in jobs]  # every check before any write
         self._check_usable()
         tasks: list[_Task] = []
@@ -634,42 +660,47 @@ class Pool:
 
     def _prepare(self, job: Job) -> TaskRecord:
         """Check a job and build its record (id and seq are filled in later)."""
-        _check_function(job.fn)
-        _check_retry(job.retries, job.timeout)
         settings = self._settings
-        name = registered_name(job.fn)
-        stored = encode_args(job.fn, job.args) if name is not None else msgspec.UNSET
-        retry_on = self._retry_on if job.retry_on is None else _retry_names(job.retry_on)
+        name = registered_name(job._fn)
+        if name is not None and not name.isascii():
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(
+                    f"fn is registered under a name that cannot be stored: {name!r}"
+                ) from None
+        stored = encode_args(job._fn, job._args) if name is not None else msgspec.UNSET
+        retry_on = self._retry_on if job._retry_on is None else _retry_names(job._retry_on)
         return TaskRecord(
             id="",
             seq=0,
             status=Status.QUEUED,
             submitted_at=0.0,
-            priority=job.priority,
-            key=job.key,
-            function=_function_name(job.fn),
+            priority=job._priority,
+            key=job._key,
+            function=_function_name(job._fn),
             name=name,
             args=stored,
-            group=job.group,
-            retries=settings.retries if job.retries is None else job.retries,
+            group=job._group,
+            retries=settings.retries if job._retries is None else job._retries,
             retry_on=retry_on,
-            timeout=settings.timeout if job.timeout is None else job.timeout,
+            timeout=settings.timeout if job._timeout is None else job._timeout,
         )
 
     def _existing(self, job: Job) -> _Task | None:
-        if job.key is None:
+        if job._key is None:
             return None
-        task_id = self._by_key.get(job.key)
+        task_id = self._by_key.get(job._key)
         if task_id is None:
             return None
         task = self._tasks[task_id]
         if task.fn is None:
             if task.record.status is Status.QUEUED:
-                self._attach(task, job.fn, job.args)
+                self._attach(task, job._fn, job._args)
             else:
                 # Finished: it never runs again, but its function's return
                 # annotation now types the stored result for wait().
-                task.fn = job.fn
+                task.fn = job._fn
         return task
 
     async def _admit(self) -> str | None:
@@ -707,20 +738,22 @@ class Pool:
         return None
 
     def _add(self, job: Job, template: TaskRecord, reason: str | None) -> _Task:
-        self._counter += 1
-        seq = self._counter
+        seq = self._counter + 1
         now = time.time()
         record = msgspec.structs.replace(template, id=f"t{seq}", seq=seq, submitted_at=now)
         if reason is not None:
             record = msgspec.structs.replace(
                 record, status=Status.REJECTED, finished_at=now, reason=reason
             )
-        task = _Task(record, job.fn, job.args)
+        # Appended first: if the record cannot be written, the pool's memory is unchanged.
+        batch = self._journal.append(record)
+        self._counter = seq
+        task = _Task(record, job._fn, job._args)
+        task.batch = batch
         self._tasks[record.id] = task
-        if job.key is not None:
-            self._by_key[job.key] = record.id
+        if job._key is not None:
+            self._by_key[job._key] = record.id
         self._counts[record.status] += 1
-        batch = task.batch = self._journal.append(record)
         if reason is None:
             # Queued once durable, whatever becomes of the submitter meanwhile.
             batch.on_durable.append(functools.partial(self._put_ready, task))
@@ -794,6 +827,9 @@ class Pool:
             The task's result, once its ``completed`` record is durable.
 
         Raises:
+            TypeError: ``task_id`` is not a str, or ``timeout`` is not a number
+                or None.
+            ValueError: ``timeout`` is negative or not finite.
             UnknownTaskError: No task has this id.
             TaskNotAttached: The task has not finished and this process does
                 not know its function, so it cannot run (it was recovered from
@@ -810,7 +846,8 @@ class Pool:
             PoolClosedError: The pool closed before the task finished.
             JournalWriteError: The journal failed; the pool has stopped.
         """
-        task = self._get(task_id)
+        timeout = check_wait_timeout(timeout)
+        task = self._get(check_task_id(task_id))
         self._check_usable()
         record = task.record
         if task.fn is None and record.status not in FINISHED:
@@ -929,12 +966,13 @@ class Pool:
             in which case nothing changes, or its function completed anyway.
 
         Raises:
+            TypeError: ``task_id`` is not a str.
             UnknownTaskError: No task has this id.
             PoolClosedError: The pool is closed or stopping, including when it
                 began to stop before a running task's cancellation took effect.
             JournalWriteError: The journal failed; the pool has stopped.
         """
-        task = self._get(task_id)
+        task = self._get(check_task_id(task_id))
         self._check_usable()
         status = task.record.status
         if status in FINISHED:
@@ -967,9 +1005,10 @@ class Pool:
         """Return a snapshot of one task.
 
         Raises:
+            TypeError: ``task_id`` is not a str.
             UnknownTaskError: No task has this id.
         """
-        return self._info(self._get(task_id))
+        return self._info(self._get(check_task_id(task_id)))
 
     def tasks(self) -> list[TaskInfo]:
         """Return a snapshot of every task the pool knows, in submission order."""
@@ -1079,8 +1118,9 @@ class Pool:
 
     def _failed_attempt(self, task: _Task, exc: BaseException, now: float) -> None:
         record = task.record
-        error_type = _type_name(type(exc))
-        error = {"error_type": error_type, "error_message": str(exc)}
+        error_type = _storable(_type_name(type(exc)))
+        message = _error_message(exc)
+        error = {"error_type": error_type, "error_message": message}
         # Runs a crash interrupted are not failures: they do not use up retries.
         failures = record.attempts - record.recoveries
         if failures <= record.retries and self._retryable(record, exc):
@@ -1101,7 +1141,7 @@ class Pool:
                 key=record.key,
                 attempt=record.attempts,
                 delay=round(delay, 3),
-                error=f"{error_type}: {exc}",
+                error=f"{error_type}: {message}",
             )
             self._enqueue(task)
             return
@@ -1116,7 +1156,7 @@ class Pool:
             task_id=record.id,
             key=record.key,
             attempts=record.attempts,
-            error=f"{error_type}: {exc}",
+            error=f"{error_type}: {message}",
         )
 
     @staticmethod
@@ -1253,7 +1293,7 @@ class Pool:
         except Exception as exc:  # also RecursionError, and errors from code msgspec calls
             error = ResultNotEncodableError(
                 f"task {task.record.id} returned a {_type_name(type(value))}, "
-                f"which cannot be stored as JSON: {exc}"
+                f"which cannot be stored as JSON: {_error_message(exc)}"
             )
             error.__cause__ = exc
             task.exc = error
@@ -1346,6 +1386,33 @@ class Pool:
                 await self._journal.flush()
 
 
+def _opened_events(pool: Pool) -> None:
+    report = pool.recovery
+    if report.torn_tail is not None:
+        torn = report.torn_tail
+        emit(
+            "warning",
+            "journal.torn_tail",
+            pool=report.path,
+            line=torn.line,
+            offset=torn.offset,
+            length=torn.length,
+            reason=torn.reason,
+        )
+    emit(
+        "info",
+        "pool.opened",
+        pool=report.path,
+        created=report.created,
+        tasks=report.tasks,
+        requeued=len(report.requeued),
+        queued=report.queued,
+        resumed=len(report.resumed),
+        unresolved=len(report.unresolved),
+        dropped_finished=report.dropped_finished,
+    )
+
+
 @asynccontextmanager
 async def open_pool(
     path: str | os.PathLike[str],
@@ -1432,9 +1499,22 @@ async def open_pool(
         JournalCorruptError: The journal cannot be trusted; it was not changed.
         JournalVersionError: A newer harnpool wrote the journal.
         JournalWriteError: The journal failed while the pool was open.
-        TypeError: ``max_recoveries`` is not an int or None.
-        ValueError: A setting is out of range.
+        TypeError: A setting has the wrong type: ``path`` must be a str or
+            ``os.PathLike`` of str; counts are ints (a bool is not one);
+            seconds are ints or floats; ``on_full`` and ``strategy`` are str;
+            ``retry_on`` is an iterable of exception types.
+        ValueError: A setting is out of range: counts below their minimum or
+            beyond 64 bits, seconds negative (or 0 for ``aging`` and
+            ``timeout``), NaN or infinite, ``retry_backoff_max`` below
+            ``retry_backoff``, an unknown ``on_full`` or ``strategy``, or an
+            empty ``path`` or one holding a NUL.
+
+    Every setting is checked before the journal is locked or read, so a wrong
+    one leaves the file as it was; if opening fails after the lock was taken,
+    the lock is released before the error propagates.
     """
+    # Every setting is checked before the lock is taken or the file touched.
+    path = check_path(path)
     settings = _Settings(
         max_concurrent=max_concurrent,
         max_queued=max_queued,
@@ -1442,55 +1522,33 @@ async def open_pool(
         strategy=strategy,
         aging=aging,
         retries=retries,
-        retry_on=None if retry_on is None else tuple(retry_on),
+        retry_on=retry_on,  # type: ignore[arg-type]  # made a tuple, and checked, by _Settings
         retry_backoff=retry_backoff,
         retry_backoff_max=retry_backoff_max,
         timeout=timeout,
+        keep_finished=keep_finished,
+        keep_finished_for=keep_finished_for,
         max_recoveries=max_recoveries,
     )
-    settings.check()
-    _check_max_recoveries(max_recoveries)
-    _retry_names(settings.retry_on)
-    if keep_finished is not None and keep_finished < 0:
-        raise ValueError(f"keep_finished must be 0 or more, not {keep_finished}")
-    if keep_finished_for is not None and keep_finished_for < 0:
-        raise ValueError(f"keep_finished_for must be 0 or more, not {keep_finished_for}")
     opened = await anyio.to_thread.run_sync(
         functools.partial(
             open_journal,
             path,
-            max_concurrent=max_concurrent,
-            strategy=strategy,
-            keep_finished=keep_finished,
-            keep_finished_for=keep_finished_for,
+            max_concurrent=settings.max_concurrent,
+            strategy=settings.strategy,
+            keep_finished=settings.keep_finished,
+            keep_finished_for=settings.keep_finished_for,
         )
     )
     journal = Journal(opened)
-    pool = Pool(journal, opened, settings)
-    report = pool.recovery
-    if report.torn_tail is not None:
-        torn = report.torn_tail
-        emit(
-            "warning",
-            "journal.torn_tail",
-            pool=opened.path,
-            line=torn.line,
-            offset=torn.offset,
-            length=torn.length,
-            reason=torn.reason,
-        )
-    emit(
-        "info",
-        "pool.opened",
-        pool=opened.path,
-        created=report.created,
-        tasks=report.tasks,
-        requeued=len(report.requeued),
-        queued=report.queued,
-        resumed=len(report.resumed),
-        unresolved=len(report.unresolved),
-        dropped_finished=report.dropped_finished,
-    )
+    try:
+        pool = Pool(journal, opened, settings)
+        _opened_events(pool)
+    except BaseException:
+        # Nothing runs yet: give the lock back (recovering a task may import user code).
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(journal.close)
+        raise
     # The block's own exception is re-raised after the task group, so callers
     # catch what they raised rather than an exception group around it.
     error: BaseException | None = None

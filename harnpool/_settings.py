@@ -1,0 +1,250 @@
+"""Every setting and per-task option, checked before anything is opened or written.
+
+A value of the wrong type raises ``TypeError`` and one out of range raises
+``ValueError``, each naming the parameter. The rules: ``bool`` is not an int;
+an integer the journal stores fits in 64 bits; a number of seconds is an int or
+a float, finite, and is kept as a float; text (keys, groups) is a ``str`` that
+encodes as UTF-8, so it cannot hold a lone surrogate. Nothing in this module
+touches a file: :func:`harnpool.open_pool` checks every setting before it
+takes the lock, and a task's options are checked when its :class:`~harnpool.Job`
+is built, before anything is written.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ._queue import STRATEGIES, Strategy
+
+__all__ = [
+    "ON_FULL",
+    "OnFull",
+    "TaskOptions",
+    "_Settings",
+    "_check_retry",
+    "_retry_names",
+    "check_path",
+    "check_task_id",
+    "check_task_options",
+    "check_wait_timeout",
+]
+
+OnFull = Literal["block", "reject", "drop_oldest", "drop_newest"]
+ON_FULL: tuple[OnFull, ...] = ("block", "reject", "drop_oldest", "drop_newest")
+
+# The journal stores these integers; msgspec encodes and decodes 64-bit integers.
+_INT_MIN = -(2**63)
+_INT_MAX = 2**63 - 1
+
+
+def _type_error(name: str, expected: str, value: object) -> TypeError:
+    return TypeError(f"{name} must be {expected}, not {type(value).__qualname__}")
+
+
+def _int(name: str, value: object, *, minimum: int, optional: bool = False) -> int | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _type_error(name, "an int" + (" or None" if optional else ""), value)
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, not {value}")
+    if value > _INT_MAX:
+        raise ValueError(f"{name} must be at most {_INT_MAX} (the journal keeps 64 bits)")
+    return int(value)
+
+
+def _seconds(name: str, value: object, *, positive: bool, optional: bool = False) -> float | None:
+    """A finite number of seconds as a float: more than 0 if ``positive``, else 0 or more."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise _type_error(name, "a number of seconds" + (" or None" if optional else ""), value)
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int beyond float's range
+        seconds = math.inf
+    if not math.isfinite(seconds):
+        raise ValueError(f"{name} must be a finite number of seconds, not {value!r}")
+    if positive and not seconds > 0:
+        raise ValueError(f"{name} must be more than 0 seconds, not {value!r}")
+    if not positive and seconds < 0:
+        raise ValueError(f"{name} must be 0 seconds or more, not {value!r}")
+    return seconds
+
+
+def _text(name: str, value: object) -> str | None:
+    """None, or a ``str`` that can be written to the journal as UTF-8."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _type_error(name, "a str or None", value)
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"{name} must encode as UTF-8; it holds a lone surrogate at index {exc.start}"
+            ) from None
+    return str(value)
+
+
+def _choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if not isinstance(value, str):
+        raise _type_error(name, f"one of {', '.join(choices)}", value)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+
+
+def _retry_types(retry_on: object) -> tuple[type[BaseException], ...] | None:
+    """``retry_on`` as a tuple of exception types (None stays None)."""
+    if retry_on is None:
+        return None
+    if isinstance(retry_on, str | bytes) or not isinstance(retry_on, Iterable):
+        raise _type_error("retry_on", "an iterable of exception types or None", retry_on)
+    types = tuple(retry_on)
+    for cls in types:
+        if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+            raise TypeError(f"retry_on takes exception types, not {cls!r}")
+    return types
+
+
+def _type_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _retry_names(retry_on: Iterable[type[BaseException]] | None) -> tuple[str, ...] | None:
+    """The qualified names the journal stores for ``retry_on`` (checked again here)."""
+    types = _retry_types(retry_on)
+    if types is None:
+        return None
+    names = tuple(_type_name(cls) for cls in types)
+    for name in names:
+        _text("the name of a retry_on type", name)
+    return names
+
+
+def _check_retry(retries: object, timeout: object) -> tuple[int | None, float | None]:
+    """Check ``retries`` (None or an int >= 0) and ``timeout`` (None or seconds > 0)."""
+    return (
+        _int("retries", retries, minimum=0, optional=True),
+        _seconds("timeout", timeout, positive=True, optional=True),
+    )
+
+
+def check_path(path: object) -> str:
+    """The journal's path as a str; a str or ``os.PathLike`` giving one, without NUL."""
+    if not isinstance(path, str | os.PathLike):
+        raise _type_error("path", "a str or an os.PathLike", path)
+    fspath = os.fspath(path)
+    if not isinstance(fspath, str):
+        raise _type_error("path", "a str path (bytes paths are not supported)", fspath)
+    if not fspath:
+        raise ValueError("path must not be empty")
+    if "\0" in fspath:
+        raise ValueError("path must not contain a NUL character")
+    try:
+        os.fsencode(fspath)
+    except UnicodeEncodeError:
+        raise ValueError(f"path {fspath!r} cannot be encoded as a file name") from None
+    return fspath
+
+
+def check_task_id(task_id: object) -> str:
+    """A task id must be a ``str``."""
+    if not isinstance(task_id, str):
+        raise _type_error("task_id", "a str", task_id)
+    return task_id
+
+
+def check_wait_timeout(timeout: object) -> float | None:
+    """``Pool.wait``'s timeout: None, or a finite number of seconds, 0 or more."""
+    return _seconds("timeout", timeout, positive=False, optional=True)
+
+
+TaskOptions = tuple[
+    str | None, int, str | None, int | None, tuple[type[BaseException], ...] | None, float | None
+]
+"""A task's options, checked: key, priority, group, retries, retry_on, timeout."""
+
+
+def check_task_options(
+    key: object,
+    priority: object,
+    group: object,
+    retries: object,
+    retry_on: object,
+    timeout: object,
+    /,
+) -> TaskOptions:
+    """Check one task's options (as ``submit`` and ``Job`` take them).
+
+    This runs on every submit: the common values (None, a plain int, an ASCII
+    str) take a quick path, anything else the full check.
+    """
+    if type(priority) is not int or not _INT_MIN <= priority <= _INT_MAX:
+        priority = _int("priority", priority, minimum=_INT_MIN)
+    if key is not None and (type(key) is not str or not key.isascii()):
+        key = _text("key", key)
+    if group is not None and (type(group) is not str or not group.isascii()):
+        group = _text("group", group)
+    if retries is not None or timeout is not None:
+        retries, timeout = _check_retry(retries, timeout)
+    if retry_on is not None:
+        retry_on = _retry_types(retry_on)
+    return key, priority, group, retries, retry_on, timeout  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, slots=True)
+class _Settings:
+    """A pool's settings; building one checks them all, and normalises numbers to float."""
+
+    max_concurrent: int
+    max_queued: int | None = None
+    on_full: OnFull = "block"
+    strategy: Strategy = "priority"
+    aging: float | None = None
+    retries: int = 0
+    retry_on: tuple[type[BaseException], ...] | None = None
+    retry_backoff: float = 0.5
+    retry_backoff_max: float = 60.0
+    timeout: float | None = None
+    keep_finished: int | None = None
+    keep_finished_for: float | None = None
+    max_recoveries: int | None = 5
+
+    def __post_init__(self) -> None:
+        # Given as Any: the values come straight from the caller.
+        values: dict[str, Any] = {
+            "max_concurrent": _int("max_concurrent", self.max_concurrent, minimum=1),
+            "max_queued": _int("max_queued", self.max_queued, minimum=1, optional=True),
+            "retries": _int("retries", self.retries, minimum=0),
+            "retry_on": _retry_types(self.retry_on),
+            "retry_backoff": _seconds("retry_backoff", self.retry_backoff, positive=False),
+            "retry_backoff_max": _seconds(
+                "retry_backoff_max", self.retry_backoff_max, positive=False
+            ),
+            "timeout": _seconds("timeout", self.timeout, positive=True, optional=True),
+            "aging": _seconds("aging", self.aging, positive=True, optional=True),
+            "keep_finished": _int("keep_finished", self.keep_finished, minimum=0, optional=True),
+            "keep_finished_for": _seconds(
+                "keep_finished_for", self.keep_finished_for, positive=False, optional=True
+            ),
+            "max_recoveries": _int("max_recoveries", self.max_recoveries, minimum=0, optional=True),
+        }
+        _choice("on_full", self.on_full, ON_FULL)
+        _choice("strategy", self.strategy, STRATEGIES)
+        if values["retry_backoff_max"] < values["retry_backoff"]:
+            raise ValueError(
+                f"retry_backoff_max ({self.retry_backoff_max!r}) must be at least "
+                f"retry_backoff ({self.retry_backoff!r})"
+            )
+        aging = values["aging"]
+        if aging is not None and not math.isfinite(1.0 / aging):
+            # The ready queue orders by submitted_at / aging.
+            raise ValueError(f"aging must be a usable number of seconds, not {aging!r}")
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
