@@ -79,6 +79,12 @@ class Listener:
             ) from exc
         self._conn = conn
 
+    @property
+    def backend_pid(self) -> int | None:
+        """The server process of the listening connection, or None while it is lost."""
+        conn = self._conn
+        return None if conn is None else conn.info.backend_pid
+
     def wait(self, timeout: float) -> list[str]:
         """Block until notifications arrive, ``timeout`` seconds pass, or :meth:`wake`.
 

@@ -65,10 +65,14 @@ _COLUMNS: Final = (
 
 _LOCK: Final = "SELECT pg_advisory_xact_lock(%s, hashtext(%s))"
 
+_NUMBER: Final = (
+    "SELECT nextval(pg_get_serial_sequence('harnpool_task', 'seq')) FROM generate_series(1, %s)"
+)
+
 _INSERT: Final = f"""
-INSERT INTO harnpool_task (pool, key, status, priority, retries, retry_on, timeout,
+INSERT INTO harnpool_task (seq, pool, key, status, priority, retries, retry_on, timeout,
     not_before, task_group, function, name, args, submitted_at)
-VALUES (%s, %s, 'queued', %s, %s, %s::text[], %s, to_timestamp(%s), %s, %s, %s, %s,
+VALUES (%s, %s, %s, 'queued', %s, %s, %s::text[], %s, to_timestamp(%s), %s, %s, %s, %s,
     statement_timestamp())
 ON CONFLICT (pool, key) DO NOTHING
 RETURNING {_COLUMNS}
@@ -252,6 +256,22 @@ def channel_for(name: str) -> str:
 
 def _json(value: msgspec.Raw | msgspec.UnsetType) -> str | None:
     return None if isinstance(value, msgspec.UnsetType) else bytes(value).decode()
+
+
+def _fields(record: TaskRecord) -> tuple[Any, ...]:
+    """A new task's columns, in _INSERT's order after seq and pool."""
+    return (
+        record.key,
+        record.priority,
+        record.retries,
+        None if record.retry_on is None else list(record.retry_on),
+        record.timeout,
+        record.not_before,
+        record.group,
+        record.function,
+        record.name,
+        _json(record.args),
+    )
 
 
 def _record(row: TupleRow) -> TaskRecord:
@@ -473,49 +493,45 @@ class PostgresStore:
         """
         if not records:
             return []
-        params = []
         for record in records:
             if record.priority not in _INT64:
                 raise ValueError(
                     f"priority must fit in a signed 64-bit integer, not {record.priority}"
                 )
-            params.append(
-                (
-                    self.name,
-                    record.key,
-                    record.priority,
-                    record.retries,
-                    None if record.retry_on is None else list(record.retry_on),
-                    record.timeout,
-                    record.not_before,
-                    record.group,
-                    record.function,
-                    record.name,
-                    _json(record.args),
-                )
-            )
         with self._connection("submitting") as conn, conn.transaction(), conn.cursor() as cur:
-            cur.executemany(_INSERT, params, returning=True)
-            stored: list[TaskRecord | None] = []
+            # Numbered in the order given, inserted in key order: two submits
+            # that share keys then wait for each other's keys in the same
+            # order, and cannot deadlock.
+            cur.execute(_NUMBER, (len(records),))
+            seqs = sorted(seq for (seq,) in cur.fetchall())
+            order = sorted(range(len(records)), key=lambda i: (records[i].key or "", i))
+            cur.executemany(
+                _INSERT,
+                [(seqs[i], self.name, *_fields(records[i])) for i in order],
+                returning=True,
+            )
+            inserted: dict[int, TaskRecord] = {}
             while True:
                 row = cur.fetchone()
-                stored.append(None if row is None else _record(row))
+                if row is not None:
+                    inserted[row[0]] = _record(row)
                 if not cur.nextset():
                     break
-            # A separate statement: its snapshot sees a key another
-            # transaction committed while the insert waited on it.
             holders: dict[str | None, TaskRecord] = {}
-            missing = [r.key for r, s in zip(records, stored, strict=True) if s is None]
+            missing = [r.key for r, seq in zip(records, seqs, strict=True) if seq not in inserted]
             if missing:
+                # A statement of its own: its snapshot sees a key another
+                # transaction committed while the insert waited on it.
                 cur.execute(
                     f"SELECT {_COLUMNS} FROM harnpool_task WHERE pool = %s AND key = any(%s)",
                     (self.name, missing),
                 )
                 holders = {r.key: r for r in map(_record, cur.fetchall())}
-            if len(missing) < len(records):
+            if inserted:
                 cur.execute("SELECT pg_notify(%s, 'queued')", (self.channel,))
         return [
-            s if s is not None else holders[r.key] for r, s in zip(records, stored, strict=True)
+            inserted[seq] if seq in inserted else holders[record.key]
+            for record, seq in zip(records, seqs, strict=True)
         ]
 
     def claim(
