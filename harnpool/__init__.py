@@ -2,6 +2,7 @@
 
 from ._errors import (
     ArgumentsNotEncodableError,
+    DatabaseError,
     HarnpoolError,
     JournalCorruptError,
     JournalError,
@@ -14,6 +15,7 @@ from ._errors import (
     PoolClosedError,
     QueueFull,
     ResultNotEncodableError,
+    SchemaVersionError,
     TaskCancelled,
     TaskCrashLoop,
     TaskError,
@@ -33,6 +35,7 @@ from ._registry import task
 
 __all__ = [
     "ArgumentsNotEncodableError",
+    "DatabaseError",
     "HarnpoolError",
     "Job",
     "JournalCorruptError",
@@ -50,6 +53,7 @@ __all__ = [
     "QueueFull",
     "RecoveryReport",
     "ResultNotEncodableError",
+    "SchemaVersionError",
     "Status",
     "Strategy",
     "TaskCancelled",

@@ -11,6 +11,8 @@ catch a builtin, the error subclasses it too::
     │   ├── JournalOpenError (OSError)         opening or compacting failed: path, step, errno
     │   ├── JournalVersionError                a newer harnpool wrote the journal
     │   └── JournalWriteError (OSError)        a write or fsync failed: the pool has stopped
+    ├── DatabaseError                          PostgreSQL failed or could not be reached: pool
+    │   └── SchemaVersionError                 a newer harnpool upgraded the database's schema
     ├── PoolClosedError (RuntimeError)         the pool was used after it closed
     ├── QueueFull                              max_queued reached with on_full="reject"
     ├── UnknownTaskError (KeyError)            no task has that id
@@ -33,6 +35,7 @@ from __future__ import annotations
 import os
 
 __all__ = [
+    "DatabaseError",
     "HarnpoolError",
     "JournalCorruptError",
     "JournalError",
@@ -46,6 +49,7 @@ __all__ = [
     "PoolClosedError",
     "QueueFull",
     "ResultNotEncodableError",
+    "SchemaVersionError",
     "TaskCancelled",
     "TaskCrashLoop",
     "TaskError",
@@ -259,6 +263,42 @@ class JournalWriteError(JournalError, _FromOSError):
     ) -> None:
         super().__init__(message, path=path)
         self._take(cause, os.fspath(path))
+
+
+class DatabaseError(HarnpoolError):
+    """A PostgreSQL pool's database failed, refused a statement, or could not be reached.
+
+    The driver's error, when there is one, is the ``__cause__``. A statement
+    that failed was rolled back whole: nothing it would have written is stored.
+
+    Attributes:
+        pool: The pool's name.
+    """
+
+    def __init__(self, message: str, *, pool: str) -> None:
+        super().__init__(message)
+        self.pool = pool
+
+
+class SchemaVersionError(DatabaseError):
+    """The database's harnpool schema is newer than this version of harnpool knows.
+
+    Nothing was changed in the database.
+
+    Attributes:
+        pool: The pool's name.
+        found: The schema version the database has.
+        supported: The newest schema version this harnpool knows.
+    """
+
+    def __init__(self, *, pool: str, found: int, supported: int) -> None:
+        super().__init__(
+            f"pool {pool!r}: the database has harnpool schema version {found}; this harnpool "
+            f"knows versions up to {supported}: upgrade harnpool to open it",
+            pool=pool,
+        )
+        self.found = found
+        self.supported = supported
 
 
 class PoolClosedError(HarnpoolError, RuntimeError):

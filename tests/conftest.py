@@ -7,13 +7,19 @@ do not depend on the event loop and are deselected there).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 import structlog
+
+if TYPE_CHECKING:
+    from tests.postgres_server import Server
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -91,3 +97,57 @@ def make_journal(tmp_path: Path) -> Callable[[str], Path]:
         return tmp_path / f"{name}.jsonl"
 
     return make
+
+
+def _unavailable(reason: str) -> NoReturn:
+    """Skip for a missing PostgreSQL locally; under CI a missing server fails the tests."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"PostgreSQL tests cannot run under CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Server]:
+    """A throwaway PostgreSQL server for the session (see tests/postgres_server.py)."""
+    try:
+        from tests.postgres_server import ServerUnavailable, running_server
+    except ImportError as exc:
+        _unavailable(f"psycopg is not installed ({exc.name}): install the postgres extra")
+    with contextlib.ExitStack() as stack:
+        try:
+            server = stack.enter_context(running_server())
+        except ServerUnavailable as exc:
+            _unavailable(str(exc))
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn(postgres_server: Server) -> str:
+    """A DSN to one database shared by the session's tests; each test takes its own pool name.
+
+    A pool name costs nothing, and every statement is scoped by it; a database
+    costs 0.1-0.2 s to create, so only tests of the schema itself take one
+    (``make_postgres_database``).
+    """
+    return postgres_server.create_database()
+
+
+@pytest.fixture
+def pool_name() -> str:
+    """A pool name no other test uses."""
+    return f"pool-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def make_postgres_database(postgres_server: Server) -> Iterator[Callable[[], str]]:
+    """Return a factory of empty databases (DSNs), dropped when the test ends."""
+    made: list[str] = []
+
+    def make() -> str:
+        dsn = postgres_server.create_database()
+        made.append(dsn)
+        return dsn
+
+    yield make
+    for dsn in made:
+        postgres_server.drop_database(dsn)

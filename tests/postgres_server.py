@@ -1,0 +1,181 @@
+"""A throwaway PostgreSQL server for the tests, or an existing one named by ``HARNPOOL_PG_DSN``.
+
+The server is initialised into a fresh temporary directory, listens on a unix
+socket in that directory only (no TCP port to collide with), runs with
+``fsync=off``, and is stopped and removed when the session ends, whether or not
+the tests passed. ``initdb`` refuses to run as root, so as root the server runs
+as the ``postgres`` user through ``runuser``.
+
+Debian installs the server binaries under ``/usr/lib/postgresql/<version>/bin``,
+off ``PATH``; ``.ci/run`` installs the ``postgresql`` package when they are
+missing. Without them the PostgreSQL tests are skipped, except under CI
+(``CI=true``), where a missing server is a failure, never a silent skip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+DSN_VARIABLE = "HARNPOOL_PG_DSN"
+_ROLE = "harn"
+
+
+class ServerUnavailable(Exception):
+    """No server can be started here; the reason says why."""
+
+
+def find_bindir() -> str:
+    """The newest installed server's binary directory.
+
+    Raises:
+        ServerUnavailable: No ``initdb`` was found.
+    """
+
+    def version(path: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in re.findall(r"\d+", path))
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=version)
+    if found:
+        return os.path.dirname(found[-1])
+    on_path = shutil.which("initdb")
+    if on_path is not None:
+        return os.path.dirname(on_path)
+    raise ServerUnavailable(
+        "PostgreSQL's server binaries were not found (no /usr/lib/postgresql/*/bin/initdb and "
+        f"no initdb on PATH): install the postgresql package, or set {DSN_VARIABLE} to a "
+        "server's DSN"
+    )
+
+
+@dataclass
+class Server:
+    """A running server and the databases created on it."""
+
+    #: A DSN to the server's ``postgres`` database, as an administrator.
+    admin_dsn: str
+    #: The temporary directory of a server started here; None for an existing server.
+    directory: str | None = None
+    bindir: str | None = None
+    #: How long initdb and the start took, in seconds.
+    start_seconds: float = 0.0
+    created: list[str] = field(default_factory=list)
+
+    def create_database(self) -> str:
+        """Create an empty database and return a DSN to it."""
+        name = f"harnpool_test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        self.created.append(name)
+        return make_conninfo(self.admin_dsn, dbname=name)
+
+    def drop_database(self, dsn: str) -> None:
+        """Drop a database made by :meth:`create_database`, closing its connections."""
+        name = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
+        assert isinstance(name, str)
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+        self.created.remove(name)
+
+
+def _as_server_user() -> list[str]:
+    if os.geteuid() != 0:
+        return []
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        raise ServerUnavailable(
+            "running as root, and initdb refuses root, but there is no postgres user to run "
+            "the server as"
+        ) from None
+    return ["runuser", "-u", "postgres", "--"]
+
+
+def _run(command: list[str], what: str, log: str | None = None) -> None:
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        detail = done.stdout + done.stderr
+        if log is not None and os.path.exists(log):
+            with open(log, encoding="utf-8", errors="replace") as f:
+                detail += f.read()
+        raise RuntimeError(f"{what} failed (exit {done.returncode}):\n{detail}")
+
+
+@contextlib.contextmanager
+def running_server() -> Iterator[Server]:
+    """Start a throwaway server (or use ``HARNPOOL_PG_DSN``'s) for the block.
+
+    Raises:
+        ServerUnavailable: The binaries are missing and no DSN was given.
+    """
+    external = os.environ.get(DSN_VARIABLE)
+    if external:
+        server = Server(admin_dsn=external)
+        try:
+            yield server
+        finally:
+            for name in list(server.created):
+                server.drop_database(make_conninfo(external, dbname=name))
+        return
+    bindir = find_bindir()
+    prefix = _as_server_user()
+    # Short, under /tmp: a unix socket's path may be at most 107 bytes.
+    directory = tempfile.mkdtemp(prefix="hp-pg.", dir="/tmp")
+    data, log = os.path.join(directory, "data"), os.path.join(directory, "server.log")
+    pg_ctl = [*prefix, os.path.join(bindir, "pg_ctl"), "-D", data, "-w", "-s"]
+    started = False
+    try:
+        if prefix:
+            shutil.chown(directory, user="postgres", group="postgres")
+        began = time.perf_counter()
+        _run(
+            [
+                *prefix,
+                os.path.join(bindir, "initdb"),
+                "-D",
+                data,
+                "-U",
+                _ROLE,
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "--no-sync",
+            ],
+            "initdb",
+        )
+        options = (
+            f"-k {directory} -c listen_addresses='' -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off"
+        )
+        _run([*pg_ctl, "-l", log, "-o", options, "start"], "pg_ctl start", log)
+        started = True
+        server = Server(
+            admin_dsn=f"postgresql://{_ROLE}@/postgres?host={directory}",
+            directory=directory,
+            bindir=bindir,
+            start_seconds=time.perf_counter() - began,
+        )
+        yield server
+    finally:
+        if started:
+            # Immediate: the data is thrown away, so nothing needs to reach the disk.
+            subprocess.run([*pg_ctl, "-m", "immediate", "stop"], capture_output=True, check=False)
+        shutil.rmtree(directory, ignore_errors=True)
