@@ -46,6 +46,7 @@ from ._errors import (
     JournalOpenError,
     JournalVersionError,
     JournalWriteError,
+    PoolClosedError,
 )
 from ._records import FINISHED, FORMAT_VERSION, Header, Record, Status, TaskRecord
 
@@ -640,13 +641,13 @@ class Batch:
     def __init__(self) -> None:
         self.buf = bytearray()
         self._done = anyio.Event()
-        self._error: JournalWriteError | None = None
+        self._error: JournalWriteError | PoolClosedError | None = None
         #: True once every record in the batch is durable.
         self.durable = False
         #: Called in order, on the event loop, once the batch is durable (never if it fails).
         self.on_durable: list[Callable[[], object]] = []
 
-    def _finish(self, error: JournalWriteError | None) -> None:
+    def _finish(self, error: JournalWriteError | PoolClosedError | None) -> None:
         """Wake the batch's waiters, and run its callbacks if it is durable.
 
         Raises:
@@ -675,6 +676,8 @@ class Batch:
 
         Raises:
             JournalWriteError: The batch, or one before it, failed to write.
+            PoolClosedError: The journal's writer stopped before the batch
+                was written: it never will be.
         """
         await self._done.wait()
         if self._error is not None:
@@ -726,18 +729,21 @@ class Journal:
         #: How many flushes (each one write and one fdatasync) have completed.
         self.flushes = 0
         self._stopping = False
+        #: Set once the writer has ended: nothing appended from then on is written.
+        self._stopped = False
 
     def append(self, record: TaskRecord) -> Batch:
         """Queue ``record`` for the next flush and return the batch to await.
 
-        After a failure the returned batch is already failed. Never blocks.
+        After a failure, or once the writer has stopped, the returned batch is
+        already failed. Never blocks.
 
         Raises:
             Exception: ``record`` cannot be encoded (msgspec's error); nothing
                 was queued and the pending batch is as it was.
         """
         batch = self._pending
-        if self.error is None:
+        if self.error is None and not self._stopped:
             buf = batch.buf
             end = len(buf)
             try:
@@ -789,6 +795,17 @@ class Journal:
                         return
             finally:
                 requests.put(None)
+                self._stopped = True
+                if self.error is None:
+                    # Appended after the last flush, or while the writer was
+                    # being stopped: it will never be written, so say so now
+                    # rather than leave its waiters hanging.
+                    self._pending._finish(
+                        PoolClosedError(
+                            f"the pool on {self.path!r} closed before a record was written: "
+                            "it is not durable; the journal holds the state before it"
+                        )
+                    )
 
     async def _write_pending(self, requests: queue.SimpleQueue[_Flush | None]) -> bool:
         """Write and sync the pending batch; False if that failed."""

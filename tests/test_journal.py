@@ -17,6 +17,7 @@ from harnpool import (
     JournalLockedError,
     JournalVersionError,
     JournalWriteError,
+    PoolClosedError,
     Status,
     _journal,
 )
@@ -320,6 +321,28 @@ class TestGroupCommit:
                     with anyio.CancelScope(shield=True):
                         await batch.wait()  # still written: the writer is shielded
                     journal.stop()
+        finally:
+            journal.close()
+        loaded = load(journal_path)
+        assert loaded is not None
+        assert list(loaded.tasks) == ["t1"]
+
+    async def test_a_record_appended_after_the_writer_stopped_fails_its_waiters(
+        self, journal_path: Path
+    ) -> None:
+        journal = Journal(await anyio.to_thread.run_sync(open_sync_unregistered, journal_path))
+        try:
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(journal.run)
+                    await journal.append(task(1)).wait()
+                    journal.stop()
+                # As a worker finishing in the same step as the pool stops: never written.
+                late = journal.append(task(2))
+                with pytest.raises(PoolClosedError):
+                    await late.wait()
+                with pytest.raises(PoolClosedError):
+                    await journal.append(task(3)).wait()
         finally:
             journal.close()
         loaded = load(journal_path)
