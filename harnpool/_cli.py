@@ -525,14 +525,16 @@ def _failed(record: TaskRecord, now: float, reason: str | None) -> TaskRecord:
 
 
 def _requeued(record: TaskRecord, now: float, reason: str | None) -> TaskRecord:
-    # Same id, key, priority and seq: it keeps its place; attempts start again
-    # at 0, so its retries apply anew.
+    # Same id, key, priority and seq: it keeps its place; attempts and crash
+    # recoveries start again at 0, so its retries and max_recoveries apply anew
+    # (a task failed as a crash loop would otherwise be failed again on open).
     return msgspec.structs.replace(
         record,
         status=Status.QUEUED,
         started_at=None,
         finished_at=None,
         attempts=0,
+        recoveries=0,
         result=msgspec.UNSET,
         error_type=None,
         error_message=None,

@@ -26,7 +26,7 @@ from harnpool._cli import (
     OPERATOR_ERROR_TYPE,
     main,
 )
-from harnpool._journal import load
+from harnpool._journal import compact, load
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -594,6 +594,31 @@ class TestCancelFailRequeue:
             with anyio.fail_after(10):
                 assert await pool.wait("t2") == 144
             assert pool.info("t2").attempts == 1
+
+    async def test_requeue_of_a_crash_looped_task_gives_it_a_fresh_count(
+        self, journal: Path
+    ) -> None:
+        # t6 as a task that crashed its process more often than max_recoveries allows.
+        loaded = load(journal)
+        assert loaded is not None
+        tasks = [
+            msgspec.structs.replace(r, recoveries=6) if r.id == "t6" else r
+            for r in loaded.tasks.values()
+        ]
+        compact(str(journal), loaded.header, tasks)
+        async with harnpool.open_pool(journal, max_recoveries=5) as pool:
+            assert pool.recovery.crash_looped == ("t6",)
+        code, out, err = await harnpool_process("requeue", journal, "t6")
+        assert (code, err) == (EXIT_OK, "")
+        assert "t6 (key 'later'): failed -> queued" in out
+        requeued = load(journal)
+        assert requeued is not None
+        assert (requeued.tasks["t6"].attempts, requeued.tasks["t6"].recoveries) == (0, 0)
+        async with harnpool.open_pool(journal, max_recoveries=5) as pool:
+            assert pool.recovery.crash_looped == ()
+            assert await pool.submit(square, 9, key="later") == "t6"
+            with anyio.fail_after(10):
+                assert await pool.wait("t6") == 81
 
     async def test_requeue_of_a_failed_registered_task_resumes_on_reopen(
         self, tmp_path: Path
