@@ -71,12 +71,10 @@ class BlockingPool:
 
     def _call(self, method: str, fn: Callable[[], Any]) -> Any:
         """Run ``fn()`` on the pool's event loop (awaiting what it returns); return its outcome."""
-        if self._closed:
-            raise self._closed_error()
         check_not_loop_thread(self._loop_thread, pool=self.path, method=f"BlockingPool.{method}")
         try:
             future = self._portal.start_task_soon(fn)
-        except RuntimeError:  # the block has just been left: the portal has stopped
+        except RuntimeError:  # the portal stopped when the block was left
             raise self._closed_error() from None
         try:
             return future.result()
@@ -255,8 +253,6 @@ def open_blocking_pool(
         keep_finished_for=keep_finished_for,
         max_recoveries=max_recoveries,
     )
-    # A user's exception passes through both blocks unchanged: open_pool re-raises
-    # it after abandoning, and the portal, seeing it, cancels the calls still running.
     with anyio.from_thread.start_blocking_portal(backend) as portal:
         # A user's exception passes through both blocks as it is: open_pool re-raises
         # it once it has abandoned the running tasks, and the portal, seeing it,
@@ -268,6 +264,6 @@ def open_blocking_pool(
                 blocking = BlockingPool(portal, pool, loop_thread, backend)
                 yield blocking
         finally:
-            # Only now: while the pool drains, other threads still get their results.
+            # Once the pool has drained: until then it serves the other threads.
             if blocking is not None:
                 blocking._closed = True
