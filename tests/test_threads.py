@@ -90,4 +90,3 @@ async def test_pool_refuses_a_call_from_a_foreign_thread(method: str, journal_pa
         with pytest.raises(WrongThreadError) as refused:
             await anyio.to_thread.run_sync(calls[method])
         assert refused.value.method == f"Pool.{method}"
-
