@@ -131,6 +131,22 @@ class TestThreads:
             child = pool.wait(pool.submit(spawn, pool, 7), timeout=DEADLINE)
             assert pool.wait(child, timeout=DEADLINE) == (7, 49)
 
+    def test_a_plain_task_waiting_through_the_blocking_pool_is_checked_for_deadlock(
+        self, backend: Backend, journal_path: Path
+    ) -> None:
+        # The call reaches the loop with the worker thread's context, so the pool
+        # knows which running task waits, as when an async task calls Pool.wait.
+        def parent(pool: harnpool.BlockingPool) -> int:
+            child = pool.submit(square, 2)
+            result: int = pool.wait(child, timeout=DEADLINE)  # the only slot is parent's
+            return result
+
+        with harnpool.open_blocking_pool(journal_path, backend=backend) as pool:
+            task_id = pool.submit(parent, pool)
+            with pytest.raises(harnpool.TaskFailed) as failed:
+                pool.wait(task_id, timeout=DEADLINE)
+        assert isinstance(failed.value.__cause__, harnpool.WaitDeadlock)
+
     def test_an_async_task_function_calling_the_blocking_pool_fails_instead_of_hanging(
         self, backend: Backend, journal_path: Path
     ) -> None:
