@@ -1,5 +1,6 @@
 """harnpool: an asyncio task pool whose every transition is journaled to disk."""
 
+from ._blocking import BlockingPool, open_blocking_pool
 from ._errors import (
     ArgumentsNotEncodableError,
     DatabaseError,
@@ -25,6 +26,7 @@ from ._errors import (
     UnknownTaskError,
     WaitDeadlock,
     WaitTimeout,
+    WrongThreadError,
 )
 from ._info import PoolStatistics, RecoveryReport, TaskInfo
 from ._journal import TornTail
@@ -35,6 +37,7 @@ from ._registry import task
 
 __all__ = [
     "ArgumentsNotEncodableError",
+    "BlockingPool",
     "DatabaseError",
     "HarnpoolError",
     "Job",
@@ -67,6 +70,8 @@ __all__ = [
     "UnknownTaskError",
     "WaitDeadlock",
     "WaitTimeout",
+    "WrongThreadError",
+    "open_blocking_pool",
     "open_pool",
     "task",
 ]

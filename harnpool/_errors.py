@@ -21,6 +21,7 @@ catch a builtin, the error subclasses it too::
     │   └── ResultNotEncodableError            a task's result: the task fails
     ├── WaitTimeout (TimeoutError)             wait(timeout=...) ran out; the task goes on
     ├── WaitDeadlock (RuntimeError)            a task waits for one no free slot can ever run
+    ├── WrongThreadError (RuntimeError)        a pool was called from a thread it cannot serve
     ├── TaskNotAttached                        wait() on a task whose function is not known here
     ├── TaskCrashLoop                          crashes interrupted a task more than max_recoveries
     │                                          times: the error it is failed with
@@ -59,6 +60,7 @@ __all__ = [
     "UnknownTaskError",
     "WaitDeadlock",
     "WaitTimeout",
+    "WrongThreadError",
 ]
 
 
@@ -360,6 +362,28 @@ class WaitDeadlock(HarnpoolError, RuntimeError):
         self.task_id = task_id
         self.waiter_id = waiter_id
         self.reason = reason
+
+
+class WrongThreadError(HarnpoolError, RuntimeError):
+    """A pool was called from a thread it cannot be called from; nothing was done.
+
+    A :class:`Pool` belongs to the event loop that opened it, and its methods
+    are called from that loop's thread. Sync code and other threads use
+    :func:`harnpool.open_blocking_pool`, whose :class:`BlockingPool` hands
+    every call to the pool's loop; its methods block, so they in turn cannot
+    be called from that loop's own thread.
+
+    Attributes:
+        pool: The journal's path.
+        method: What was called, e.g. ``"Pool.submit"``.
+        thread: The name of the thread it was called from.
+    """
+
+    def __init__(self, message: str, *, pool: str, method: str, thread: str) -> None:
+        super().__init__(message)
+        self.pool = pool
+        self.method = method
+        self.thread = thread
 
 
 def _named(task_id: str, key: str | None) -> str:

@@ -50,6 +50,13 @@ EXPECTED = {
         "event='journal.torn_tail'",
     ],
     "08_trio.py": ["checksum from a worker thread", "reopened under trio: resumed ('t8',)"],
+    "10_blocking.py": [
+        "8 threads, 16 tasks: 16 completed",
+        "TaskFailed in the calling thread: task t17 failed: builtins.ValueError",
+        "WaitTimeout: task t18",
+        "then wait -> 'slow done'",
+        "reopened on trio: resumed ('t20',)",
+    ],
 }
 
 
