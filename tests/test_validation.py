@@ -421,7 +421,7 @@ class TestWriterFailure:
                     def broken(task: object) -> None:
                         raise RuntimeError("callback broke")
 
-                    monkeypatch.setattr(pool._ready, "put", broken)
+                    monkeypatch.setattr(pool._tasks.ready, "put", broken)
                     with pytest.raises(harnpool.JournalWriteError, match="callback broke") as info:
                         await pool.submit(noop)
                     assert isinstance(info.value.__cause__, RuntimeError)
