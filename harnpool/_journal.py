@@ -19,7 +19,6 @@ that a pool's sync tasks cannot delay the journal.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import fcntl
@@ -48,6 +47,7 @@ from ._errors import (
     JournalWriteError,
     PoolClosedError,
 )
+from ._loop import threadsafe_caller as _threadsafe_caller
 from ._records import FINISHED, FORMAT_VERSION, Header, Record, Status, TaskRecord
 
 __all__ = ["Batch", "Journal", "Opened", "TornTail", "load", "open_journal", "recover"]
@@ -682,16 +682,6 @@ class Batch:
         await self._done.wait()
         if self._error is not None:
             raise self._error
-
-
-def _threadsafe_caller() -> Callable[[Callable[[], object]], object]:
-    """Return a function that runs a callback on this event loop, callable from any thread."""
-    try:
-        return asyncio.get_running_loop().call_soon_threadsafe
-    except RuntimeError:  # no asyncio loop: anyio runs on trio
-        import trio
-
-        return trio.lowlevel.current_trio_token().run_sync_soon
 
 
 class _Flush:

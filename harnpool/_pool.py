@@ -1,9 +1,8 @@
-"""The pool's facade: Pool and open_pool, delegating to the tasks, the workers and the journal."""
+"""The pool's facade: Pool and open_pool, delegating to the tasks, the workers and the storage."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -22,7 +21,7 @@ from ._errors import (
 )
 from ._events import emit
 from ._info import PoolStatistics, TaskInfo
-from ._journal import Batch, Journal, Opened, open_journal
+from ._journal_storage import JournalStorage
 from ._queue import Strategy
 from ._records import FINISHED, Status, TaskRecord
 from ._recovery import opened_events, recover
@@ -36,6 +35,7 @@ from ._settings import (
     check_task_id,
     check_wait_timeout,
 )
+from ._storage import Durable, Found, Storage
 from ._task import Job, Task, TaskFunction, function_name
 from ._transitions import Tasks
 from ._worker import Workers, running
@@ -46,24 +46,24 @@ __all__ = ["Job", "OnFull", "Pool", "open_pool"]
 class Pool:
     """A durable pool of tasks. Make one with :func:`open_pool`."""
 
-    def __init__(self, journal: Journal, opened: Opened, settings: _Settings) -> None:
-        self._journal = journal
+    def __init__(self, storage: Storage, found: Found, settings: _Settings) -> None:
+        self._storage = storage
         self._settings = settings
-        self._tasks = Tasks(journal, settings, opened.header.submit_counter)
+        self._tasks = Tasks(storage, settings, found.counter)
         self._workers = Workers(self._tasks)
         self._retry_on = _retry_names(settings.retry_on)
         #: For each running task blocked in wait(), the tasks it waits for.
         self._waits: dict[str, list[Task]] = {}
-        self.recovery = recover(self._tasks, opened)
-        journal.on_failure = self._on_failure
+        self.recovery = recover(self._tasks, found)
+        storage.on_failure = self._on_failure
 
     @property
     def path(self) -> str:
         """The journal's path."""
-        return self._journal.path
+        return self._storage.path
 
     def __repr__(self) -> str:
-        state = "closed" if self._tasks.closed else "failed" if self._journal.error else "open"
+        state = "closed" if self._tasks.closed else "failed" if self._storage.error else "open"
         c = self._tasks.counts
         return (
             f"<Pool {self.path!r} {state} max_concurrent={self._settings.max_concurrent} "
@@ -198,7 +198,7 @@ class Pool:
         finally:
             # Each new task is queued by its batch's callback once durable (see
             # _add), so a submitter cancelled here loses nothing: no shield needed.
-            seen: Batch | None = None
+            seen: Durable | None = None
             for task in tasks:
                 batch = task.batch
                 if batch is not None and batch is not seen:
@@ -430,7 +430,7 @@ class Pool:
             rejected=c[Status.REJECTED],
             cancelled=c[Status.CANCELLED],
             waiting_for_function=c[Status.QUEUED] + c[Status.RUNNING] - self._tasks.runnable,
-            flushes=self._journal.flushes,
+            flushes=self._storage.flushes,
             workers=self._workers.count,
             threads=self._workers.threads.borrowed_tokens,
         )
@@ -438,7 +438,7 @@ class Pool:
     def _start(self, tg: anyio.abc.TaskGroup) -> None:
         tasks = self._tasks
         tasks.tg = tg
-        tg.start_soon(self._journal.run)
+        tg.start_soon(self._storage.run)
         self._workers.start(tg)
         for task in tasks.queued.values():
             if task.fn is not None:
@@ -451,10 +451,10 @@ class Pool:
 
     async def _drain(self) -> None:
         tasks = self._tasks
-        while tasks.runnable and self._journal.error is None:
+        while tasks.runnable and self._storage.error is None:
             tasks.idle = anyio.Event()
             await tasks.idle.wait()
-        await self._journal.flush()
+        await self._storage.flush()
 
     async def _abandon(self) -> None:
         """Stop running tasks (they stay ``running`` in the journal) and flush."""
@@ -462,7 +462,7 @@ class Pool:
         with anyio.CancelScope(shield=True):
             # A journal failure was already reported to every waiter; the block's own error goes on.
             with contextlib.suppress(JournalWriteError):
-                await self._journal.flush()
+                await self._storage.flush()
 
 
 @asynccontextmanager
@@ -582,24 +582,40 @@ async def open_pool(
         keep_finished_for=keep_finished_for,
         max_recoveries=max_recoveries,
     )
-    opened = await anyio.to_thread.run_sync(
-        functools.partial(
-            open_journal,
-            path,
-            max_concurrent=settings.max_concurrent,
-            strategy=settings.strategy,
-            keep_finished=settings.keep_finished,
-            keep_finished_for=settings.keep_finished_for,
+    async with serve(JournalStorage(path), settings) as pool:
+        yield pool
+
+
+def _check_supported(storage: Storage, settings: _Settings) -> None:
+    if settings.strategy not in storage.strategies:
+        raise ValueError(
+            f"strategy={settings.strategy!r} is not supported by the storage at "
+            f"{storage.path!r}; it supports {sorted(storage.strategies)}"
         )
+    if settings.on_full not in storage.on_full:
+        raise ValueError(
+            f"on_full={settings.on_full!r} is not supported by the storage at "
+            f"{storage.path!r}; it supports {sorted(storage.on_full)}"
+        )
+
+
+@asynccontextmanager
+async def serve(storage: Storage, settings: _Settings) -> AsyncIterator[Pool]:
+    """Open ``storage`` and run a pool on it for the block; see :func:`open_pool`."""
+    _check_supported(storage, settings)
+    found = await storage.open(
+        max_concurrent=settings.max_concurrent,
+        strategy=settings.strategy,
+        keep_finished=settings.keep_finished,
+        keep_finished_for=settings.keep_finished_for,
     )
-    journal = Journal(opened)
     try:
-        pool = Pool(journal, opened, settings)
+        pool = Pool(storage, found, settings)
         opened_events(pool.recovery)
     except BaseException:
         # Nothing runs yet: give the lock back (recovering a task may import user code).
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(journal.close)
+            await storage.aclose()
         raise
     # The block's own exception is re-raised after the task group, so callers
     # catch what they raised rather than an exception group around it.
@@ -619,16 +635,16 @@ async def open_pool(
                     except JournalWriteError as exc:
                         error = exc
             finally:
-                journal.stop()
+                storage.stop()
                 tg.cancel_scope.cancel()
     finally:
         pool._tasks.closed = True
-        # The writer thread may outlive the block by a moment: through the journal
+        # The writer thread may outlive the block by a moment: through the storage
         # it must not keep the pool, and the users' functions it holds, alive.
-        journal.on_failure = None
+        storage.on_failure = None
         pool._tasks.wake_all()
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(journal.close)
-        emit("info", "pool.closed", pool=opened.path)
+            await storage.aclose()
+        emit("info", "pool.closed", pool=found.path)
     if error is not None:
         raise error

@@ -9,23 +9,23 @@ import msgspec
 from ._errors import TaskCrashLoop
 from ._events import emit
 from ._info import RecoveryReport
-from ._journal import Opened
 from ._records import Status
 from ._registry import decode_args, lookup
 from ._settings import _type_name
+from ._storage import Found
 from ._task import Task
 from ._transitions import Tasks
 
 __all__ = ["opened_events", "recover"]
 
 
-def recover(tasks: Tasks, opened: Opened) -> RecoveryReport:
+def recover(tasks: Tasks, found: Found) -> RecoveryReport:
     """Take in what storage found on open, fail crash loops, resume registered tasks.
 
     Returns:
         What opening found, for :attr:`Pool.recovery`.
     """
-    tasks.load(opened.tasks)
+    tasks.load(found.tasks)
     crash_looped = fail_crash_loops(tasks)
     resumed: list[str] = []
     unresolved: list[str] = []
@@ -34,16 +34,16 @@ def recover(tasks: Tasks, opened: Opened) -> RecoveryReport:
             (resumed if resolve(tasks, task) else unresolved).append(task.record.id)
     queued = tasks.counts[Status.QUEUED]
     return RecoveryReport(
-        path=opened.path,
-        created=opened.created,
-        tasks=len(opened.tasks),
-        requeued=tuple(i for i in opened.interrupted if i not in crash_looped),
+        path=found.path,
+        created=found.created,
+        tasks=len(found.tasks),
+        requeued=tuple(i for i in found.interrupted if i not in crash_looped),
         queued=queued,
-        finished=len(opened.tasks) - queued,
+        finished=len(found.tasks) - queued,
         resumed=tuple(resumed),
         unresolved=tuple(unresolved),
-        dropped_finished=opened.dropped,
-        torn_tail=opened.torn,
+        dropped_finished=found.dropped,
+        torn_tail=found.torn_tail,
         crash_looped=tuple(crash_looped),
     )
 

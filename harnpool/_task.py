@@ -10,10 +10,10 @@ from typing import Any
 import anyio
 
 from ._cache import WeakCache
-from ._journal import Batch
 from ._records import TaskRecord
 from ._results import storable
 from ._settings import check_task_options
+from ._storage import Durable
 
 __all__ = ["Job", "Task", "TaskFunction", "check_function", "function_name", "is_async"]
 
@@ -30,7 +30,7 @@ class Task:
         self.fn = fn
         self.args = args
         #: The batch holding the latest record someone must not hear of before it is durable.
-        self.batch: Batch | None = None
+        self.batch: Durable | None = None
         #: Set when the task finishes (or the pool stops); made only when someone waits.
         self.done: anyio.Event | None = None
         #: The exception the function raised in this process, for ``TaskFailed.__cause__``.

@@ -16,12 +16,12 @@ import msgspec
 from ._errors import PoolClosedError, QueueFull, UnknownTaskError
 from ._events import emit
 from ._info import TaskInfo
-from ._journal import Batch, Journal
 from ._queue import ReadyQueue
 from ._records import Status, TaskRecord
 from ._results import error_message, storable
 from ._retry import backoff, retryable
 from ._settings import _Settings, _type_name
+from ._storage import Durable, Storage
 from ._task import Job, Task, TaskFunction
 
 __all__ = ["Tasks"]
@@ -39,7 +39,7 @@ class Tasks:
     that raises, memory is unchanged), then memory follows.
     """
 
-    def __init__(self, storage: Journal, settings: _Settings, counter: int) -> None:
+    def __init__(self, storage: Storage, settings: _Settings, counter: int) -> None:
         self.storage = storage
         self.settings = settings
         self.path = storage.path
@@ -232,7 +232,7 @@ class Tasks:
 
     # -- transitions ------------------------------------------------------------------
 
-    def set_status(self, task: Task, record: TaskRecord) -> Batch:
+    def set_status(self, task: Task, record: TaskRecord) -> Durable:
         old = task.record.status
         self.counts[old] -= 1
         self.counts[record.status] += 1

@@ -18,10 +18,11 @@ import msgspec
 
 from ._errors import JournalWriteError, ResultNotEncodableError
 from ._events import emit
-from ._journal import Batch, _threadsafe_caller
+from ._loop import threadsafe_caller
 from ._records import Status
 from ._results import error_message
 from ._settings import _type_name
+from ._storage import Durable
 from ._task import Task, TaskFunction, is_async
 from ._transitions import Tasks
 
@@ -158,7 +159,7 @@ class Workers:
         tasks.wake_worker = self.wake
 
     def start(self, tg: anyio.abc.TaskGroup) -> None:
-        self._call_soon = _threadsafe_caller()
+        self._call_soon = threadsafe_caller()
         tg.start_soon(self._run)
 
     def wake(self) -> None:
@@ -235,7 +236,7 @@ class Workers:
         finally:
             running.reset(token)
 
-    async def _started(self, task: Task, batch: Batch) -> bool:
+    async def _started(self, task: Task, batch: Durable) -> bool:
         """Wait until a task's ``running`` record is durable; False if it must not run."""
         # Pool.cancel stops a running task through its scope, even this early.
         task.scope = scope = anyio.CancelScope()

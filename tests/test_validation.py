@@ -391,7 +391,7 @@ class TestAtomicAppend:
         self, journal_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         async with harnpool.open_pool(journal_path) as pool:
-            journal = pool._journal
+            journal = pool._storage
             real = journal.append
 
             def refuse(record: TaskRecord) -> Any:
