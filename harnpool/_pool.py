@@ -10,35 +10,31 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import msgspec
 
 from ._errors import (
     JournalWriteError,
     PoolClosedError,
     TaskNotAttached,
-    WaitDeadlock,
-    WaitTimeout,
 )
 from ._events import emit
 from ._info import PoolStatistics, TaskInfo
 from ._journal_storage import JournalStorage
 from ._queue import Strategy
-from ._records import FINISHED, Status, TaskRecord
+from ._records import FINISHED, Status
 from ._recovery import opened_events, recover
-from ._registry import encode_args, registered_name
 from ._results import decode_outcome
 from ._settings import (
     OnFull,
-    _retry_names,
     _Settings,
     check_path,
     check_task_id,
     check_wait_timeout,
 )
 from ._storage import Durable, Found, Storage
-from ._task import Job, Task, TaskFunction, function_name
+from ._task import Job, Task, TaskFunction
 from ._transitions import Tasks
-from ._worker import Workers, running
+from ._waiting import Waits
+from ._worker import Workers
 
 __all__ = ["Job", "OnFull", "Pool", "open_pool"]
 
@@ -51,9 +47,7 @@ class Pool:
         self._settings = settings
         self._tasks = Tasks(storage, settings, found.counter)
         self._workers = Workers(self._tasks)
-        self._retry_on = _retry_names(settings.retry_on)
-        #: For each running task blocked in wait(), the tasks it waits for.
-        self._waits: dict[str, list[Task]] = {}
+        self._waits = Waits(self._tasks)
         self.recovery = recover(self._tasks, found)
         storage.on_failure = self._on_failure
 
@@ -178,7 +172,7 @@ class Pool:
         for job in jobs:
             if not isinstance(job, Job):
                 raise TypeError(f"jobs must hold only Job objects, not {type(job).__qualname__}")
-        prepared = [self._prepare(job) for job in jobs]  # every check before any write
+        prepared = [self._tasks.prepare(job) for job in jobs]  # every check before any write
         self._tasks.check_usable()
         tasks: list[Task] = []
         try:
@@ -206,35 +200,6 @@ class Pool:
                     if not batch.durable:
                         await batch.wait()
         return [task.record.id for task in tasks]
-
-    def _prepare(self, job: Job) -> TaskRecord:
-        """Check a job and build its record (id and seq are filled in later)."""
-        settings = self._settings
-        name = registered_name(job._fn)
-        if name is not None and not name.isascii():
-            try:
-                name.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ValueError(
-                    f"fn is registered under a name that cannot be stored: {name!r}"
-                ) from None
-        stored = encode_args(job._fn, job._args) if name is not None else msgspec.UNSET
-        retry_on = self._retry_on if job._retry_on is None else _retry_names(job._retry_on)
-        return TaskRecord(
-            id="",
-            seq=0,
-            status=Status.QUEUED,
-            submitted_at=0.0,
-            priority=job._priority,
-            key=job._key,
-            function=function_name(job._fn),
-            name=name,
-            args=stored,
-            group=job._group,
-            retries=settings.retries if job._retries is None else job._retries,
-            retry_on=retry_on,
-            timeout=settings.timeout if job._timeout is None else job._timeout,
-        )
 
     # -- waiting and cancelling -------------------------------------------------------
 
@@ -278,70 +243,8 @@ class Pool:
         record = task.record
         if task.fn is None and record.status not in FINISHED:
             raise TaskNotAttached(task_id=record.id, key=record.key, function=record.function)
-        current = running.get()
-        waiter = current[1] if current is not None and current[0] is self._tasks else None
-        if waiter is not None:
-            self._check_deadlock(waiter, task)
-            self._waits.setdefault(waiter.record.id, []).append(task)
-        try:
-            if timeout is None:
-                await self._finished(task)
-            else:
-                with anyio.move_on_after(timeout) as scope:
-                    await self._finished(task)
-                if scope.cancelled_caught:
-                    raise WaitTimeout(task_id, timeout)
-        finally:
-            if waiter is not None:
-                waits = self._waits[waiter.record.id]
-                waits.remove(task)
-                if not waits:
-                    del self._waits[waiter.record.id]
+        await self._waits.wait(task, timeout)
         return decode_outcome(task.record, task.fn, task.exc)
-
-    def _check_deadlock(self, waiter: Task, target: Task) -> None:
-        """Refuse a wait, from inside running task ``waiter``, that could never return."""
-        if target.record.status in FINISHED:
-            return
-        blocked = [target]
-        seen: set[str] = set()
-        while blocked:
-            task = blocked.pop()
-            if task is waiter:
-                reason = (
-                    "a task cannot wait for itself"
-                    if target is waiter
-                    else f"task {target.record.id} waits, directly or through others, "
-                    f"for task {waiter.record.id}"
-                )
-                raise WaitDeadlock(
-                    task_id=target.record.id, waiter_id=waiter.record.id, reason=reason
-                )
-            if task.record.id not in seen:
-                seen.add(task.record.id)
-                blocked.extend(self._waits.get(task.record.id, ()))
-        waiters = len(self._waits) + (waiter.record.id not in self._waits)
-        limit = self._settings.max_concurrent
-        # Once every slot holds a task blocked in wait() for unfinished tasks,
-        # nothing can start or finish any more.
-        if waiters >= limit and all(
-            t.record.status not in FINISHED for waits in self._waits.values() for t in waits
-        ):
-            raise WaitDeadlock(
-                task_id=target.record.id,
-                waiter_id=waiter.record.id,
-                reason=f"all max_concurrent={limit} slots would be held by tasks waiting "
-                "on this pool, so no waited-for task could ever start",
-            )
-
-    async def _finished(self, task: Task) -> None:
-        while task.record.status not in FINISHED:
-            if task.done is None:
-                task.done = anyio.Event()
-            await task.done.wait()
-            self._tasks.check_usable()
-        if task.batch is not None and not task.batch.durable:
-            await task.batch.wait()
 
     async def cancel(self, task_id: str) -> bool:
         """Cancel a task that has not finished.
@@ -392,7 +295,7 @@ class Pool:
             task.cancelling = True
             scope.cancel()
         with anyio.CancelScope(shield=True):
-            await self._finished(task)
+            await self._waits.finished(task)
         return task.record.status is Status.CANCELLED
 
     def _stopping(self) -> bool:

@@ -18,11 +18,12 @@ from ._events import emit
 from ._info import TaskInfo
 from ._queue import ReadyQueue
 from ._records import Status, TaskRecord
+from ._registry import encode_args, registered_name
 from ._results import error_message, storable
 from ._retry import backoff, retryable
-from ._settings import _Settings, _type_name
+from ._settings import _retry_names, _Settings, _type_name
 from ._storage import Durable, Storage
-from ._task import Job, Task, TaskFunction
+from ._task import Job, Task, TaskFunction, function_name
 
 __all__ = ["Tasks"]
 
@@ -59,6 +60,8 @@ class Tasks:
         #: Called whenever a task became ready: the workers decide whether to start one more.
         self.wake_worker: Callable[[], None] = _no_worker
         self.random = random.Random()
+        #: The pool's default ``retry_on``, as stored.
+        self.retry_on = _retry_names(settings.retry_on)
 
     def load(self, records: list[TaskRecord]) -> None:
         """Take in the records storage found on open, functions unknown yet."""
@@ -119,6 +122,35 @@ class Tasks:
                 task.done.set()
 
     # -- submitting -------------------------------------------------------------------
+
+    def prepare(self, job: Job) -> TaskRecord:
+        """Check a job and build its record (id and seq are filled in later)."""
+        settings = self.settings
+        name = registered_name(job._fn)
+        if name is not None and not name.isascii():
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(
+                    f"fn is registered under a name that cannot be stored: {name!r}"
+                ) from None
+        stored = encode_args(job._fn, job._args) if name is not None else msgspec.UNSET
+        retry_on = self.retry_on if job._retry_on is None else _retry_names(job._retry_on)
+        return TaskRecord(
+            id="",
+            seq=0,
+            status=Status.QUEUED,
+            submitted_at=0.0,
+            priority=job._priority,
+            key=job._key,
+            function=function_name(job._fn),
+            name=name,
+            args=stored,
+            group=job._group,
+            retries=settings.retries if job._retries is None else job._retries,
+            retry_on=retry_on,
+            timeout=settings.timeout if job._timeout is None else job._timeout,
+        )
 
     def existing(self, job: Job) -> Task | None:
         if job._key is None:
