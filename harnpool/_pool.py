@@ -15,6 +15,7 @@ from ._errors import (
     JournalWriteError,
     PoolClosedError,
     TaskNotAttached,
+    WaitTimeout,
 )
 from ._events import emit
 from ._info import PoolStatistics, TaskInfo
@@ -34,7 +35,7 @@ from ._storage import Durable, Found, Storage
 from ._task import Job, Task, TaskFunction
 from ._transitions import Tasks
 from ._waiting import Waits
-from ._worker import Workers
+from ._worker import Workers, running
 
 __all__ = ["Job", "OnFull", "Pool", "open_pool"]
 
@@ -243,7 +244,21 @@ class Pool:
         record = task.record
         if task.fn is None and record.status not in FINISHED:
             raise TaskNotAttached(task_id=record.id, key=record.key, function=record.function)
-        await self._waits.wait(task, timeout)
+        current = running.get()
+        waiter = current[1] if current is not None and current[0] is self._tasks else None
+        if waiter is not None:
+            self._waits.enter(waiter, task)
+        try:
+            if timeout is None:
+                await self._waits.finished(task)
+            else:
+                with anyio.move_on_after(timeout) as scope:
+                    await self._waits.finished(task)
+                if scope.cancelled_caught:
+                    raise WaitTimeout(task_id, timeout)
+        finally:
+            if waiter is not None:
+                self._waits.leave(waiter, task)
         return decode_outcome(task.record, task.fn, task.exc)
 
     async def cancel(self, task_id: str) -> bool:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import anyio
 
-from ._errors import WaitDeadlock, WaitTimeout
+from ._errors import WaitDeadlock
 from ._records import FINISHED
 from ._task import Task
 from ._transitions import Tasks
-from ._worker import running
 
 __all__ = ["Waits"]
 
@@ -20,34 +19,21 @@ class Waits:
         self._tasks = tasks
         self._waits: dict[str, list[Task]] = {}
 
-    async def wait(self, task: Task, timeout: float | None) -> None:
-        """Return once ``task`` has finished and its final record is durable.
+    def enter(self, waiter: Task, target: Task) -> None:
+        """Note that running task ``waiter`` waits for ``target``, unless that could never return.
 
         Raises:
-            WaitDeadlock: Called from a running task of this pool, for a task
-                that could never finish.
-            WaitTimeout: ``timeout`` ran out first.
-            PoolClosedError, JournalWriteError: See :meth:`Tasks.check_usable`.
+            WaitDeadlock: ``target`` could never finish while ``waiter`` waits.
         """
-        current = running.get()
-        waiter = current[1] if current is not None and current[0] is self._tasks else None
-        if waiter is not None:
-            self._check_deadlock(waiter, task)
-            self._waits.setdefault(waiter.record.id, []).append(task)
-        try:
-            if timeout is None:
-                await self.finished(task)
-            else:
-                with anyio.move_on_after(timeout) as scope:
-                    await self.finished(task)
-                if scope.cancelled_caught:
-                    raise WaitTimeout(task.record.id, timeout)
-        finally:
-            if waiter is not None:
-                waits = self._waits[waiter.record.id]
-                waits.remove(task)
-                if not waits:
-                    del self._waits[waiter.record.id]
+        self._check_deadlock(waiter, target)
+        self._waits.setdefault(waiter.record.id, []).append(target)
+
+    def leave(self, waiter: Task, target: Task) -> None:
+        """Note that ``waiter`` no longer waits for ``target``."""
+        waits = self._waits[waiter.record.id]
+        waits.remove(target)
+        if not waits:
+            del self._waits[waiter.record.id]
 
     def _check_deadlock(self, waiter: Task, target: Task) -> None:
         """Refuse a wait, from inside running task ``waiter``, that could never return."""
