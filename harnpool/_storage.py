@@ -4,7 +4,8 @@ The pool keeps every task it knows in memory (:mod:`._transitions`) and hands
 each new record to its storage; a storage owns the data across processes and
 restarts. The JSONL journal (:class:`._journal_storage.JournalStorage`) and the
 in-memory storage for tests (:class:`._memory.MemoryStorage`) implement it; the
-pool never names either.
+pool and its workers never name either (``open_pool`` only builds a
+JournalStorage and hands it to ``serve``).
 """
 
 from __future__ import annotations
