@@ -34,19 +34,19 @@ from ._errors import (
     JournalVersionError,
 )
 from ._journal import (
-    _UNDECODABLE,
+    UNDECODABLE,
     Loaded,
     TornTail,
-    _check_format,
-    _fsync_dir,
-    _lines,
-    _lock,
-    _unlock,
-    _why,
-    _write_all,
+    check_format,
     compact,
+    fsync_dir,
+    lines,
     load,
+    lock,
     recover,
+    unlock,
+    why_undecodable,
+    write_all,
 )
 from ._records import FINISHED, FORMAT_VERSION, Header, Record, Status, TaskRecord
 
@@ -294,7 +294,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _compact(args: argparse.Namespace) -> int:
     path: str = args.journal
     _check_journal(path)  # before locking, which would leave a lock file behind
-    lock_fd = _lock(path)
+    lock_fd = lock(path)
     try:
         before = os.stat(path).st_size
         loaded = _load(path)
@@ -302,7 +302,7 @@ def _compact(args: argparse.Namespace) -> int:
         compact(path, header, tasks)
         after = os.stat(path).st_size
     finally:
-        _unlock(lock_fd)
+        unlock(lock_fd)
     print(
         f"compacted {path}: {before} -> {after} bytes, {loaded.lines} -> {len(tasks) + 1} lines; "
         f"{_counts(tasks)}"
@@ -342,7 +342,7 @@ class _Salvage:
 
 def _read_salvageable(path: str, data: bytes) -> _Salvage:
     found = _Salvage()
-    for number, offset, raw in _lines(data):
+    for number, offset, raw in lines(data):
         found.lines = number
         if not raw.strip():
             continue
@@ -350,11 +350,13 @@ def _read_salvageable(path: str, data: bytes) -> _Salvage:
         length = len(raw) + (end < len(data))
         try:
             record = _decoder.decode(raw)
-        except _UNDECODABLE as exc:
+        except UNDECODABLE as exc:
             if found.header is None:
                 # A newer format's header may not decode here; its format still speaks for the file.
-                _check_format(path, raw)
-            found.dropped.append(_Dropped(number, offset, length, f"undecodable: {_why(raw, exc)}"))
+                check_format(path, raw)
+            found.dropped.append(
+                _Dropped(number, offset, length, f"undecodable: {why_undecodable(raw, exc)}")
+            )
             continue
         if isinstance(record, Header):
             if found.header is not None:
@@ -388,7 +390,7 @@ def _write_new_file(output: str, data: bytes, *, replace: bool) -> None:
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -407,7 +409,7 @@ def _write_new_file(output: str, data: bytes, *, replace: bool) -> None:
         if os.path.lexists(temporary):
             os.unlink(temporary)
         raise
-    _fsync_dir(os.path.dirname(os.path.abspath(output)))
+    fsync_dir(os.path.dirname(os.path.abspath(output)))
 
 
 def _salvage(args: argparse.Namespace) -> int:
@@ -430,10 +432,10 @@ def _salvage(args: argparse.Namespace) -> int:
             raise _Failure(f"output {output!r} exists; pass --force to replace it", EXIT_REFUSED)
         if os.path.isdir(output):
             raise _Failure(f"output {output!r} is a directory", EXIT_REFUSED)
-    lock_fds = [_lock(path)]
+    lock_fds = [lock(path)]
     try:
         if args.force and os.path.lexists(output):
-            lock_fds.append(_lock(output))  # a pool may have the file we would replace open
+            lock_fds.append(lock(output))  # a pool may have the file we would replace open
         with open(path, "rb") as f:
             data = f.read()
         found = _read_salvageable(path, data)
@@ -450,7 +452,7 @@ def _salvage(args: argparse.Namespace) -> int:
         _write_new_file(output, body, replace=args.force)
     finally:
         for fd in reversed(lock_fds):
-            _unlock(fd)
+            unlock(fd)
     check = _load(output)  # the promise: a pool can open what was written
     print(
         f"salvaged {path} -> {output}: kept {len(found.records) + (found.header is not None)} "
@@ -571,7 +573,7 @@ def _operate(args: argparse.Namespace) -> int:
     ids: list[str] = list(dict.fromkeys(args.ids))
     reason: str | None = getattr(args, "reason", None)
     _check_journal(path)  # before locking, which would leave a lock file behind
-    lock_fd = _lock(path)
+    lock_fd = lock(path)
     try:
         loaded = _load(path)
         unknown = [i for i in ids if i not in loaded.tasks]
@@ -599,7 +601,7 @@ def _operate(args: argparse.Namespace) -> int:
                 tasks[index] = after[record.id] = operation.change(record, now, reason)
         compact(path, header, tasks)
     finally:
-        _unlock(lock_fd)
+        unlock(lock_fd)
     for task_id, old in before.items():
         record = after[task_id]
         line = f"{_named(record)}: {old.status.value} -> {record.status.value}"

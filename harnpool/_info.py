@@ -118,7 +118,8 @@ class RecoveryReport(msgspec.Struct, frozen=True, kw_only=True):
         unresolved: Ids of unfinished registered tasks whose function is not
             registered in this process; they wait to be re-attached.
         dropped_finished: Finished tasks retention removed from the journal.
-        torn_tail: The incomplete last line that was skipped, if any.
+        torn_tail: The incomplete last line of the journal that was skipped,
+            if any; always None for a storage that has no lines.
         crash_looped: Ids of tasks recorded ``failed`` on open because crashes
             interrupted them more than ``max_recoveries`` times (their error
             is :class:`harnpool.TaskCrashLoop`); they are not in ``requeued``.

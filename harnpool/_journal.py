@@ -19,7 +19,6 @@ that a pool's sync tasks cannot delay the journal.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import fcntl
@@ -48,9 +47,26 @@ from ._errors import (
     JournalWriteError,
     PoolClosedError,
 )
+from ._loop import threadsafe_caller as _threadsafe_caller
 from ._records import FINISHED, FORMAT_VERSION, Header, Record, Status, TaskRecord
 
-__all__ = ["Batch", "Journal", "Opened", "TornTail", "load", "open_journal", "recover"]
+__all__ = [
+    "UNDECODABLE",
+    "Batch",
+    "Journal",
+    "Opened",
+    "TornTail",
+    "check_format",
+    "fsync_dir",
+    "lines",
+    "load",
+    "lock",
+    "open_journal",
+    "recover",
+    "unlock",
+    "why_undecodable",
+    "write_all",
+]
 
 
 def _sync_data(fd: int) -> None:
@@ -684,16 +700,6 @@ class Batch:
             raise self._error
 
 
-def _threadsafe_caller() -> Callable[[Callable[[], object]], object]:
-    """Return a function that runs a callback on this event loop, callable from any thread."""
-    try:
-        return asyncio.get_running_loop().call_soon_threadsafe
-    except RuntimeError:  # no asyncio loop: anyio runs on trio
-        import trio
-
-        return trio.lowlevel.current_trio_token().run_sync_soon
-
-
 class _Flush:
     """One batch handed to the writer thread, and the outcome it hands back."""
 
@@ -911,3 +917,26 @@ class Journal:
             os.close(self._fd)
         finally:
             _unlock(self._lock_fd)
+
+
+# -- for the command-line tool ---------------------------------------------------------
+# Public within the package: what the harnpool command reads a journal with line by
+# line (salvage keeps every decodable line), and the file steps its writing commands
+# take under the journal's lock. Reading a whole journal is :func:`load`.
+
+#: The exceptions a line that does not decode raises.
+UNDECODABLE = _UNDECODABLE
+#: ``lines(body)``: each line of a journal's bytes as (1-based number, byte offset, bytes).
+lines = _lines
+#: ``why_undecodable(raw, exc)``: why a line did not decode, in harnpool's words.
+why_undecodable = _why
+#: ``check_format(path, raw)``: raise JournalVersionError if an undecodable header is newer.
+check_format = _check_format
+#: ``lock(path)``: take a journal's lock, or raise JournalLockedError; returns the fd.
+lock = _lock
+#: ``unlock(fd)``: give a lock taken with :func:`lock` back.
+unlock = _unlock
+#: ``fsync_dir(directory)``: make a rename or link in ``directory`` durable.
+fsync_dir = _fsync_dir
+#: ``write_all(fd, data)``: write all of ``data``, however many writes it takes.
+write_all = _write_all

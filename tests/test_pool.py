@@ -419,7 +419,7 @@ class TestDurability:
             await pool.wait(await pool.submit(double, 0))
             await pool.submit(held)
             await anyio.wait_all_tasks_blocked()
-            await pool._journal.flush()  # the "running" record of held, out of the count
+            await pool._storage.flush()  # the "running" record of held, out of the count
             before = pool.statistics().flushes
             ids = await pool.submit_many(Job(double, n, priority=n % 3) for n in range(1000))
             assert pool.statistics().flushes - before == 1

@@ -138,7 +138,7 @@ class TestSetting:
                 task_id = await pool.submit(hang, key="h")
                 while pool.info(task_id).status is not Status.RUNNING:
                     await anyio.lowlevel.checkpoint()
-                await pool._journal.flush()
+                await pool._storage.flush()
                 raise Leave
         async with harnpool.open_pool(journal_path, max_recoveries=0) as pool:
             assert pool.recovery.crash_looped == (task_id,)

@@ -391,7 +391,7 @@ class TestAtomicAppend:
         self, journal_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         async with harnpool.open_pool(journal_path) as pool:
-            journal = pool._journal
+            journal = pool._storage
             real = journal.append
 
             def refuse(record: TaskRecord) -> Any:
@@ -421,7 +421,7 @@ class TestWriterFailure:
                     def broken(task: object) -> None:
                         raise RuntimeError("callback broke")
 
-                    monkeypatch.setattr(pool._ready, "put", broken)
+                    monkeypatch.setattr(pool._tasks.ready, "put", broken)
                     with pytest.raises(harnpool.JournalWriteError, match="callback broke") as info:
                         await pool.submit(noop)
                     assert isinstance(info.value.__cause__, RuntimeError)
