@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -33,6 +34,7 @@ from ._settings import (
 )
 from ._storage import Durable, Found, Storage
 from ._task import Job, Task, TaskFunction
+from ._threads import check_loop_thread
 from ._transitions import Tasks
 from ._waiting import Waits
 from ._worker import Workers, running
@@ -46,6 +48,8 @@ class Pool:
     def __init__(self, storage: Storage, found: Found, settings: _Settings) -> None:
         self._storage = storage
         self._settings = settings
+        # Made on the event loop's thread (in serve): the only thread that may call it.
+        self._loop_thread = threading.get_ident()
         self._tasks = Tasks(storage, settings, found.counter)
         self._workers = Workers(self._tasks)
         self._waits = Waits(self._tasks)
@@ -135,6 +139,7 @@ class Pool:
             PoolClosedError: The pool is closed.
             JournalWriteError: The journal failed; the pool has stopped.
         """
+        check_loop_thread(self._loop_thread, pool=self.path, method="Pool.submit")
         job = Job(
             fn,
             *args,
@@ -167,6 +172,7 @@ class Pool:
             PoolClosedError: The pool is closed.
             JournalWriteError: The journal failed; the pool has stopped.
         """
+        check_loop_thread(self._loop_thread, pool=self.path, method="Pool.submit_many")
         if isinstance(jobs, Job) or not isinstance(jobs, Iterable):
             raise TypeError(f"jobs must be an iterable of Job, not {type(jobs).__qualname__}")
         jobs = list(jobs)
@@ -238,6 +244,7 @@ class Pool:
             PoolClosedError: The pool closed before the task finished.
             JournalWriteError: The journal failed; the pool has stopped.
         """
+        check_loop_thread(self._loop_thread, pool=self.path, method="Pool.wait")
         timeout = check_wait_timeout(timeout)
         task = self._tasks.get(check_task_id(task_id))
         self._tasks.check_usable()
@@ -292,6 +299,7 @@ class Pool:
                 began to stop before a running task's cancellation took effect.
             JournalWriteError: The journal failed; the pool has stopped.
         """
+        check_loop_thread(self._loop_thread, pool=self.path, method="Pool.cancel")
         task = self._tasks.get(check_task_id(task_id))
         self._tasks.check_usable()
         status = task.record.status
@@ -328,14 +336,17 @@ class Pool:
             TypeError: ``task_id`` is not a str.
             UnknownTaskError: No task has this id.
         """
+        check_loop_thread(self._loop_thread, pool=self.path, method="Pool.info")
         return Tasks.info(self._tasks.get(check_task_id(task_id)))
 
     def tasks(self) -> list[TaskInfo]:
         """Return a snapshot of every task the pool knows, in submission order."""
+        check_loop_thread(self._loop_thread, pool=self.path, method="Pool.tasks")
         return [Tasks.info(task) for task in self._tasks.tasks.values()]
 
     def statistics(self) -> PoolStatistics:
         """Return the pool's counts of tasks by status."""
+        check_loop_thread(self._loop_thread, pool=self.path, method="Pool.statistics")
         c = self._tasks.counts
         return PoolStatistics(
             strategy=self._settings.strategy,

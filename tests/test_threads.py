@@ -71,16 +71,20 @@ class TestCheckNotLoopThread:
         assert "block the very loop" in str(refused.value)
 
 
-# Pool does not call check_loop_thread yet: each of these fails until it does,
-# and then passes (xfail is strict). They use only calls that return at once
-# today, so none can hang: a task that has finished, a pool's getters.
-@pytest.mark.xfail(reason="Pool does not call harnpool._threads.check_loop_thread yet")
-@pytest.mark.parametrize("method", ["wait", "cancel", "info", "tasks", "statistics"])
+# Every Pool method refuses a foreign thread before it touches anything, so even
+# submit cannot change the pool's memory or hang from there.
+@pytest.mark.parametrize(
+    "method", ["submit", "submit_many", "wait", "cancel", "info", "tasks", "statistics"]
+)
 async def test_pool_refuses_a_call_from_a_foreign_thread(method: str, journal_path: Path) -> None:
     async with harnpool.open_pool(journal_path) as pool:
         task_id = await pool.submit(int, "1")
         await pool.wait(task_id)
         calls: dict[str, Callable[[], object]] = {
+            "submit": lambda: anyio.run(pool.submit, int, "2", backend="asyncio"),
+            "submit_many": lambda: anyio.run(
+                pool.submit_many, [harnpool.Job(int, "3")], backend="asyncio"
+            ),
             "wait": lambda: anyio.run(pool.wait, task_id, backend="asyncio"),
             "cancel": lambda: anyio.run(pool.cancel, task_id, backend="asyncio"),
             "info": lambda: pool.info(task_id),
@@ -90,3 +94,4 @@ async def test_pool_refuses_a_call_from_a_foreign_thread(method: str, journal_pa
         with pytest.raises(WrongThreadError) as refused:
             await anyio.to_thread.run_sync(calls[method])
         assert refused.value.method == f"Pool.{method}"
+        assert [info.id for info in pool.tasks()] == [task_id]  # nothing was added

@@ -95,7 +95,7 @@ class PoolMachine(RuleBasedStateMachine):
         for task_id, task in self.model.items():
             task.attached = False
             if task.status == "unfinished":
-                assert self.pool.info(task_id).status is harnpool.Status.QUEUED
+                assert self.portal.call(self.pool.info, task_id).status is harnpool.Status.QUEUED
             else:
                 assert task_id not in requeued
 
@@ -139,7 +139,7 @@ class PoolMachine(RuleBasedStateMachine):
                 task.attached = True  # re-attached: it runs now, in its old place
         else:
             assert task_id not in self.model, "an id was reused"
-            seq = self.pool.info(task_id).seq
+            seq = self.portal.call(self.pool.info, task_id).seq
             assert seq > self.highest_seq, "the submit counter went backwards"
             self.highest_seq = seq
             self.model[task_id] = ModelTask(key=key, priority=priority, seq=seq)
@@ -204,7 +204,7 @@ class PoolMachine(RuleBasedStateMachine):
 
     @invariant()
     def pool_matches_model(self) -> None:
-        infos = {info.id: info for info in self.pool.tasks()}
+        infos = {info.id: info for info in self.portal.call(self.pool.tasks)}
         assert infos.keys() == self.model.keys()
         for task_id, task in self.model.items():
             info = infos[task_id]
