@@ -1,4 +1,4 @@
-"""P1: one submitter, strict (submit, then wait) and pipelined (submit all, then wait all); vs a bare write+fdatasync loop.
+"""P1: one submitter, strict and pipelined; vs a bare write+fdatasync loop.
 
 Both patterns run N no-op async tasks on a pool with one worker
 (``max_concurrent=1``), and are compared in the same run with a bare loop of

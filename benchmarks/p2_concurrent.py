@@ -137,7 +137,7 @@ async def _asyncio_queue(n: int) -> float:
     return seconds
 
 
-def _threads(n: int, produce: Callable[[], None], consume: Callable[[], None]) -> None:
+def _threads(n: int, produce: Callable[[], object], consume: Callable[[], object]) -> None:
     """Run THREADS producers (each calling ``produce`` n/THREADS times) and
     THREADS consumers (each running ``consume`` once); return when all have ended."""
     per = n // THREADS
