@@ -1,15 +1,17 @@
-"""Run every benchmark (P1 to P6), print one summary table against the targets,
+"""Run every benchmark (P1 to P6 and the soak), print one summary table against the targets,
 and write ``summary.json`` beside each scenario's own JSON.
 
 Usage: ``python benchmarks/run_all.py [--quick] [--runs N] [--out DIR] [--journal-dir DIR]``
 (``make bench`` runs it with the defaults: full sizes, 3 runs per scenario, the
 median run kept, results in benchmarks/results/). ``--quick`` runs tiny sizes
 once, only to show that the scripts work; its figures mean nothing. The soak
-(``soak.py``, a million tasks through one pool) runs apart: ``make soak``.
+(``soak.py``, a million tasks through one pool, about a minute and a half) runs
+once whatever ``--runs`` says; ``make soak`` runs it alone.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +24,7 @@ import p3_submit_many
 import p4_replay
 import p5_latency
 import p6_events
+import soak
 
 SCENARIOS = [p1_serial_submit, p2_concurrent, p3_submit_many, p4_replay, p5_latency, p6_events]
 
@@ -56,6 +59,14 @@ def main() -> None:
             documents[scenario.NAME] = _bench.measure(
                 cfg, scenario.NAME, scenario.__doc__, scenario.HEADLINE, scenario.run_once
             )
+        tasks = soak.default_tasks(cfg)
+        documents[soak.NAME] = _bench.measure(
+            dataclasses.replace(cfg, runs=1),
+            soak.NAME,
+            soak.__doc__,
+            soak.HEADLINE,
+            lambda c: soak.run_once(c, tasks),
+        )
     finally:
         _bench.cleanup(cfg)
     rows: list[_bench.Row] = []
@@ -83,6 +94,8 @@ def main() -> None:
         ("P2 fsyncs per task", documents["p2_concurrent"]["metrics"]["fsyncs_per_task"]),
         ("P3 fsyncs per task", documents["p3_submit_many"]["metrics"]["fsyncs_per_task"]),
         ("P5 idle dispatch p50", documents["p5_latency"]["metrics"]["p50_ms"]),
+        ("Soak RSS growth (B/task)", documents["soak"]["metrics"]["rss_growth_bytes_per_task"]),
+        ("Soak file growth (B/task)", documents["soak"]["metrics"]["file_growth_bytes_per_task"]),
     ]
     for label, value in extra:
         rows.append({"target": label, "measured": float(value), "goal": "", "met": ""})

@@ -12,8 +12,8 @@ grow per task between the first and the last checkpoint. After the block is
 left the pool is opened again with the same ``keep_finished``, as a restart
 would, and the journal's size after that open's compaction is the last row.
 
-The soak runs once (``--runs`` is ignored) and is not part of ``run_all.py``
-(``make soak`` runs it); ``--tasks`` sets its size (``--quick``: 20,000).
+The soak runs once (``--runs`` is ignored), also within ``run_all.py``;
+``make soak`` runs it alone, and ``--tasks`` sets its size (``--quick``: 20,000).
 """
 
 from __future__ import annotations
@@ -130,13 +130,17 @@ def run_once(cfg: Config, tasks: int) -> Result:
     return Result(rows=rows, metrics=metrics, notes=notes)
 
 
+def default_tasks(cfg: Config) -> int:
+    return 20_000 if cfg.quick else 1_000_000
+
+
 def main() -> None:
     p = _bench.parser(__doc__)
     p.add_argument("--tasks", type=int, default=None, help="tasks to run (default 1,000,000)")
     args = p.parse_args()
     args.runs = 1
     cfg = _bench.config_from(args)
-    tasks = args.tasks if args.tasks is not None else (20_000 if cfg.quick else 1_000_000)
+    tasks = args.tasks if args.tasks is not None else default_tasks(cfg)
     if tasks < BATCH:
         raise SystemExit(f"--tasks must be at least {BATCH:,}")
     try:
