@@ -11,7 +11,7 @@ UV := $(VENV)/tools/bin/uv
 UV_ENV := PYTHONPATH=$(VENV)/tools
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock demo test lint typecheck pytest bench stress clean
+.PHONY: help install lock demo test lint typecheck pytest bench soak stress clean
 
 help:  ## List the targets.
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ test: lint typecheck pytest  ## Lint, type-check and test: what CI runs.
 
 bench: $(STAMP)  ## Run every benchmark; tables print, JSON goes to benchmarks/results/.
 	$(BIN)/python benchmarks/run_all.py
+
+soak: $(STAMP)  ## A million tasks through one open pool: RSS and journal size every 100k.
+	$(BIN)/python benchmarks/soak.py
 
 stress: $(STAMP)  ## The long crash and fuzz runs.
 	$(BIN)/pytest -q -m slow --run-slow

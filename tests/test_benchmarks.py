@@ -19,26 +19,49 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 RESULTS = BENCHMARKS / "results"
 
+#: The soak's metrics; it runs once even within run_all.
+SOAK_METRICS = {
+    "tasks",
+    "keep_finished",
+    "seconds",
+    "tasks_per_s",
+    "rss_bytes_start",
+    "rss_bytes_end",
+    "file_bytes_end",
+    "rss_growth_bytes_per_task",
+    "file_growth_bytes_per_task",
+    "reopen_seconds",
+    "reopen_file_bytes",
+    "reopen_finished_tasks",
+}
+
 #: Every scenario's JSON and the metrics it must carry.
 EXPECTED: dict[str, set[str]] = {
     "p1_serial_submit": {
         "tasks",
-        "harnpool_tasks_per_s",
+        "strict_tasks_per_s",
+        "pipelined_tasks_per_s",
         "bare_loop_tasks_per_s",
-        "ratio_vs_bare_loop",
+        "strict_ratio_vs_bare_loop",
+        "pipelined_ratio_vs_bare_loop",
+        "strict_flushes_per_task",
+        "strict_fsyncs_per_task",
         "flushes_per_task",
         "fsyncs_per_task",
     },
     "p2_concurrent": {
         "tasks",
         "persist_queue_tasks",
+        "huey_tasks",
         "harnpool_tasks_per_s",
         "aiojobs_tasks_per_s",
         "asyncio_queue_tasks_per_s",
         "persist_queue_tasks_per_s",
+        "huey_tasks_per_s",
         "ratio_vs_aiojobs",
         "ratio_vs_asyncio_queue",
         "ratio_vs_persist_queue",
+        "ratio_vs_huey",
         "flushes_per_task",
         "fsyncs_per_task",
     },
@@ -67,6 +90,7 @@ EXPECTED: dict[str, set[str]] = {
         "overhead_unconfigured_pct",
         "overhead_warning_pct",
     },
+    "soak": SOAK_METRICS,
 }
 
 
@@ -137,7 +161,7 @@ def test_summary_lists_every_target(quick_run: tuple[Path, str]) -> None:
     assert set(summary["scenarios"]) == set(EXPECTED)
     targets = {row["target"]: row for row in summary["targets"]}
     for label in (
-        "P1 vs bare write+fdatasync",
+        "P1 pipelined vs bare write+fdatasync",
         "P2 vs aiojobs",
         "P2 vs persist-queue",
         "P3 submit_many",
@@ -149,6 +173,14 @@ def test_summary_lists_every_target(quick_run: tuple[Path, str]) -> None:
     ):
         assert targets[label]["met"] in ("yes", "NO")
     assert "QUICK MODE" in stdout
+    for label in (
+        "P1 strict vs bare loop (x)",
+        "P2 vs asyncio queue (x)",
+        "P2 vs huey (x)",
+        "Soak file growth (B/task)",
+    ):
+        assert targets[label]["measured"] > 0
+    assert "Soak RSS growth (B/task)" in targets
 
 
 def test_durable_scenarios_count_fsyncs(quick_run: tuple[Path, str]) -> None:
@@ -157,6 +189,8 @@ def test_durable_scenarios_count_fsyncs(quick_run: tuple[Path, str]) -> None:
         metrics = _load(out / f"{name}.json")["metrics"]
         # the counting wrapper and the pool's own count agree, and something was synced
         assert metrics["fsyncs_per_task"] == metrics["flushes_per_task"] > 0
+    p1 = _load(out / "p1_serial_submit.json")["metrics"]
+    assert p1["strict_fsyncs_per_task"] == p1["strict_flushes_per_task"] > 0
 
 
 def test_replay_scenario_reopens_every_task(quick_run: tuple[Path, str]) -> None:
@@ -164,6 +198,39 @@ def test_replay_scenario_reopens_every_task(quick_run: tuple[Path, str]) -> None
     assert metrics["records"] == 4 * metrics["tasks"]
     assert metrics["finished_tasks"] == 0.8 * metrics["tasks"]
     assert metrics["requeued_tasks"] == 0.1 * metrics["tasks"]
+
+
+def test_soak_takes_its_size_and_reports_each_checkpoint(tmp_path: Path) -> None:
+    journals = tmp_path / "journals"
+    journals.mkdir()
+    committed = _snapshot(RESULTS)
+    done = _run(
+        str(BENCHMARKS / "soak.py"),
+        "--quick",
+        "--tasks",
+        "10000",
+        "--out",
+        str(tmp_path),
+        "--journal-dir",
+        str(journals),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert _snapshot(RESULTS) == committed
+    assert list(journals.iterdir()) == []
+    document = _load(tmp_path / "soak.json")
+    assert document["description"]
+    assert set(document["metrics"]) >= SOAK_METRICS
+    assert all(isinstance(v, int | float) for v in document["metrics"].values())
+    metrics = document["metrics"]
+    assert metrics["tasks"] == 10_000
+    # the reopened journal keeps what keep_finished allows (the soak ran more than that)
+    assert metrics["reopen_finished_tasks"] == metrics["keep_finished"]
+    # a row before the first task, one per tenth of the run, one after reopening
+    checkpoints = [row["tasks"] for row in document["rows"]]
+    assert checkpoints == [0, *range(1_000, 10_001, 1_000), "reopened"]
+    assert all(row["RSS MB"] > 0 for row in document["rows"][:-1])
+    assert "\nsoak: " in done.stdout
 
 
 @pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm here")
