@@ -4,7 +4,8 @@ Durability contract: a record is durable once the batch that holds it has been
 written with one ``write`` per chunk and one ``fdatasync`` of the journal, and
 :meth:`Batch.wait` has returned. Nothing that waits on a batch is told anything
 before that. A journal that was just created or compacted is durable once its
-temporary file was fsynced, renamed over the journal, and the directory fsynced.
+temporary file was fsynced, renamed over the journal, and the directory fsynced;
+one that opening found already compact, once it and its directory were fsynced.
 
 One journal has one owner, whatever the path it is opened by: the path is
 resolved first (symbolic links followed), the file it names is the one locked,
@@ -745,6 +746,9 @@ def open_journal(
     keep_finished_for: float | None = None,
 ) -> Opened:
     """Lock, replay, and compact a journal, creating it if missing (blocking).
+
+    A journal that is already what compaction would write is kept as it is,
+    and only synced with its directory.
 
     Tasks found ``running`` are written back as ``queued`` with their priority,
     ``seq`` and attempt count, and one more recovery, since the process running
