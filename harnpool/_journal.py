@@ -214,7 +214,9 @@ def _replay_stream(path: str, f: BinaryIO) -> Loaded:
     size = 0
     while chunk := f.read(_CHUNK):
         size += len(chunk)
-        parts = (carry + chunk if carry else chunk).split(b"\n")
+        parts = chunk.split(b"\n")
+        if carry:
+            parts[0] = carry + parts[0]
         carry = parts.pop()
         if not parts:
             continue
