@@ -236,11 +236,13 @@ def _replay_stream(path: str, f: BinaryIO) -> Loaded:
             ids = list(map(_by_id, decoded))
         except AttributeError:  # a second header, which has no id
             raise _Irregular from None
-        # A task's records usually lie close together: collapse them in a small
-        # dict first, so the large ones see about one update per task, not per line.
-        # Both dicts see the same keys in the same order: their values line up.
-        records.update(dict(zip(ids, decoded, strict=True)))
-        raw.update(dict(zip(ids, parts, strict=True)))
+        # A task's records usually lie close together: find each task's last
+        # line in the chunk first, so the large dicts see about one update per
+        # task, not per line. Both see the same keys in the same order, so
+        # their values line up.
+        last = dict(zip(ids, range(len(ids)), strict=True))
+        records.update(zip(last, map(decoded.__getitem__, last.values()), strict=True))
+        raw.update(zip(last, map(parts.__getitem__, last.values()), strict=True))
     if header is None:
         raise _Irregular
     torn = None
