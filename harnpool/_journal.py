@@ -21,7 +21,6 @@ that a pool's sync tasks cannot delay the journal.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import errno
 import fcntl
@@ -107,9 +106,6 @@ _by_status = operator.attrgetter("status")
 _running = itertools.repeat(Status.RUNNING)
 #: How much of the file the replay reads and decodes at a time.
 _CHUNK = 1 << 22
-#: For comparing many fields with UNSET at once.
-_unset = itertools.repeat(msgspec.UNSET)
-_force_setattr = msgspec.structs.force_setattr
 
 # msgspec raises UnicodeDecodeError for invalid UTF-8 in a string and
 # RecursionError for nesting deeper than the interpreter's recursion limit.
@@ -268,7 +264,12 @@ def _loaded(
     header_line: bytes = b"",
 ) -> Loaded:
     """What replay found, from each task's last record in the order tasks first
-    appeared, and (if given) the lines they were read from, in the same order."""
+    appeared, and (if given) the lines they were read from, in the same order.
+
+    Every record was decoded from its own line, never from a larger buffer: a
+    result or arguments (``msgspec.Raw``, which points into what it was decoded
+    from) keep only that line alive, and copying them would cost more memory.
+    """
     if header.format > FORMAT_VERSION:
         raise JournalVersionError(path=path, found=header.format, supported=FORMAT_VERSION)
     found = list(records.values())
@@ -284,13 +285,6 @@ def _loaded(
     else:
         in_order = True
     del seqs
-    # A decoded Raw points into the line (or buffer) it came from: copy it, so
-    # that can go. The records are this replay's own: mutating them is safe.
-    for name in ("result", "args"):
-        values = map(operator.attrgetter(name), found)
-        owners = list(itertools.compress(found, map(operator.is_not, values, _unset)))
-        copies = map(msgspec.Raw.copy, map(operator.attrgetter(name), owners))
-        collections.deque(map(_force_setattr, owners, itertools.repeat(name), copies), maxlen=0)
     return Loaded(
         header=header,
         tasks=records,
