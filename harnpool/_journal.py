@@ -205,17 +205,21 @@ def _replay_stream(path: str, f: BinaryIO) -> Loaded:
     raw: dict[str, bytes] = {}
     header: Header | None = None
     header_line = b""
-    carry = b""
+    # The start of a line that has not ended yet, in pieces: joined once it
+    # ends, so a line longer than many chunks is not copied again at each.
+    pending: list[bytes] = []
     lines = 0  # complete lines so far
     size = 0
     while chunk := f.read(_CHUNK):
         size += len(chunk)
         parts = chunk.split(b"\n")
-        if carry:
-            parts[0] = carry + parts[0]
-        carry = parts.pop()
-        if not parts:
+        if len(parts) == 1:
+            pending.append(chunk)
             continue
+        if pending:
+            pending.append(parts[0])
+            parts[0] = b"".join(pending)
+        pending = [parts.pop()]
         lines += len(parts)
         if header is None:
             header_line = parts[0]
@@ -241,6 +245,7 @@ def _replay_stream(path: str, f: BinaryIO) -> Loaded:
         raw.update(zip(last, map(parts.__getitem__, last.values()), strict=True))
     if header is None:
         raise _Irregular
+    carry = b"".join(pending)
     torn = None
     if carry:
         torn = TornTail(
@@ -292,8 +297,9 @@ def _loaded(
         lines=lines,
         raw=[] if raw is None else raw,
         header_line=header_line,
-        # One line per task, in order, and nothing torn: what compaction writes.
-        compact=in_order and torn is None and lines == len(found) + 1,
+        # One line per task, in order, nothing torn, and the lines at hand to
+        # copy: what compaction writes.
+        compact=raw is not None and in_order and torn is None and lines == len(found) + 1,
     )
 
 

@@ -391,6 +391,18 @@ class TestAlreadyCompact:
         assert journal_path.read_bytes() == data
         assert [r.id for r in o.tasks] == ["t1", "t2", "t3"]
 
+    def test_a_journal_of_only_its_header_keeps_its_inode(
+        self, journal_path: Path, opened_journals: list[_journal.Opened]
+    ) -> None:
+        open_sync(journal_path, opened_journals)  # creates it
+        for o in opened_journals:
+            os.close(o.fd)
+            os.close(o.lock_fd)
+        opened_journals.clear()
+        inode = journal_path.stat().st_ino
+        open_sync(journal_path, opened_journals)
+        assert journal_path.stat().st_ino == inode
+
     def test_it_is_synced_and_a_stray_compact_file_removed(
         self,
         journal_path: Path,
