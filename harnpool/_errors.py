@@ -201,7 +201,8 @@ class JournalOpenError(JournalError, _FromOSError):
         real_path: The file it resolves to (symbolic links followed).
         step: What was being done: ``"checking"``, ``"locking"``,
             ``"reading"``, ``"writing the compacted file"``, ``"renaming"``,
-            ``"syncing the directory"`` or ``"opening for appending"``.
+            ``"syncing the journal"`` (an already compact one, kept as it
+            is), ``"syncing the directory"`` or ``"opening for appending"``.
     """
 
     def __init__(

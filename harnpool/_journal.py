@@ -4,7 +4,8 @@ Durability contract: a record is durable once the batch that holds it has been
 written with one ``write`` per chunk and one ``fdatasync`` of the journal, and
 :meth:`Batch.wait` has returned. Nothing that waits on a batch is told anything
 before that. A journal that was just created or compacted is durable once its
-temporary file was fsynced, renamed over the journal, and the directory fsynced.
+temporary file was fsynced, renamed over the journal, and the directory fsynced;
+one that opening found already compact, once it and its directory were fsynced.
 
 One journal has one owner, whatever the path it is opened by: the path is
 resolved first (symbolic links followed), the file it names is the one locked,
@@ -23,6 +24,7 @@ import contextlib
 import errno
 import fcntl
 import functools
+import itertools
 import operator
 import os
 import queue
@@ -32,7 +34,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import cast
+from typing import BinaryIO, cast
 
 import anyio
 import msgspec
@@ -102,10 +104,24 @@ class Loaded:
     tasks: dict[str, TaskRecord]
     torn: TornTail | None
     lines: int
+    #: The line each task's last record was decoded from, in the order of
+    #: ``tasks`` (empty if the replay kept none): compaction copies it rather
+    #: than encode the record again.
+    raw: list[bytes] = field(default_factory=list)
+    #: The header's line as the file holds it.
+    header_line: bytes = b""
+    #: The file is the header and one line per task in submission order, ending
+    #: with a newline: laid out as compaction writes it.
+    compact: bool = False
 
 
 _decoder = msgspec.json.Decoder(Record)
 _by_seq = operator.attrgetter("seq")
+_by_id = operator.attrgetter("id")
+_by_status = operator.attrgetter("status")
+_running = itertools.repeat(Status.RUNNING)
+#: How much of the file the replay reads and decodes at a time.
+_CHUNK = 1 << 22
 
 # msgspec raises UnicodeDecodeError for invalid UTF-8 in a string and
 # RecursionError for nesting deeper than the interpreter's recursion limit.
@@ -172,7 +188,139 @@ def _lines(body: bytes) -> Iterator[tuple[int, int, bytes]]:
         offset = end + 1
 
 
-def _replay(path: str, data: bytes) -> Loaded:
+class _Irregular(Exception):
+    """The streaming replay met a line it leaves to the line-by-line one to judge."""
+
+
+def _replay(path: str, f: BinaryIO) -> Loaded:
+    """Replay the journal open as ``f``, read from its start."""
+    try:
+        return _replay_stream(path, f)
+    except (_Irregular, *_UNDECODABLE):
+        pass
+    # Something is not one well-formed record per line: read it all again and
+    # judge it line by line, to accept what the format allows and name the rest.
+    f.seek(0)
+    return _replay_data(path, f.read())
+
+
+def _replay_stream(path: str, f: BinaryIO) -> Loaded:
+    """Replay a well-formed journal a chunk at a time, or raise :class:`_Irregular`.
+
+    Every line is decoded on its own, so each holds exactly one record, and is
+    fully checked, though only the last record of each task is kept, with the
+    line it came from. Reading in chunks keeps the whole file out of memory.
+
+    Raises:
+        _Irregular: A line is blank, a second header or undecodable, or there
+            is no complete line (msgspec's errors also mean irregular).
+        JournalVersionError: The header is from a newer format.
+    """
+    decode = _decoder.decode
+    records: dict[str, Record] = {}
+    raw: dict[str, bytes] = {}
+    header: Header | None = None
+    header_line = b""
+    # The start of a line that has not ended yet, in pieces: joined once it
+    # ends, so a line longer than many chunks is not copied again at each.
+    pending: list[bytes] = []
+    lines = 0  # complete lines so far
+    size = 0
+    while chunk := f.read(_CHUNK):
+        size += len(chunk)
+        parts = chunk.split(b"\n")
+        if len(parts) == 1:
+            pending.append(chunk)
+            continue
+        if pending:
+            pending.append(parts[0])
+            parts[0] = b"".join(pending)
+        pending = [parts.pop()]
+        lines += len(parts)
+        if header is None:
+            header_line = parts[0]
+            del parts[0]
+            _check_format(path, header_line)
+            first = _decoder.decode(header_line)
+            if not isinstance(first, Header):
+                raise _Irregular
+            header = first
+        # A blank line fails to decode. The union, not TaskRecord alone, so
+        # that a line without its "kind" is refused, as the format requires.
+        decoded = list(map(decode, parts))
+        try:
+            ids = list(map(_by_id, decoded))
+        except AttributeError:  # a second header, which has no id
+            raise _Irregular from None
+        # A task's records usually lie close together: find each task's last
+        # line in the chunk first, so the large dicts see about one update per
+        # task, not per line. Both see the same keys in the same order, so
+        # their values line up.
+        last = dict(zip(ids, range(len(ids)), strict=True))
+        records.update(zip(last, map(decoded.__getitem__, last.values()), strict=True))
+        raw.update(zip(last, map(parts.__getitem__, last.values()), strict=True))
+    if header is None:
+        raise _Irregular
+    carry = b"".join(pending)
+    torn = None
+    if carry:
+        torn = TornTail(
+            line=lines + 1,
+            offset=size - len(carry),
+            length=len(carry),
+            reason="the last line has no newline: a write was cut short",
+        )
+    # Every record kept has an id: a TaskRecord.
+    tasks = cast("dict[str, TaskRecord]", records)
+    return _loaded(path, header, tasks, torn, lines + bool(carry), list(raw.values()), header_line)
+
+
+def _loaded(
+    path: str,
+    header: Header,
+    records: dict[str, TaskRecord],
+    torn: TornTail | None,
+    lines: int,
+    raw: list[bytes] | None = None,
+    header_line: bytes = b"",
+) -> Loaded:
+    """What replay found, from each task's last record in the order tasks first
+    appeared, and (if given) the lines they were read from, in the same order.
+
+    Every record was decoded from its own line, never from a larger buffer: a
+    result or arguments (``msgspec.Raw``, which points into what it was decoded
+    from) keep only that line alive, and copying them would cost more memory.
+    """
+    if header.format > FORMAT_VERSION:
+        raise JournalVersionError(path=path, found=header.format, supported=FORMAT_VERSION)
+    found = list(records.values())
+    seqs = list(map(_by_seq, found))
+    if seqs != sorted(seqs):
+        order = sorted(range(len(found)), key=seqs.__getitem__)
+        found = list(map(found.__getitem__, order))
+        records = dict(zip(map(_by_id, found), found, strict=True))
+        if raw:
+            raw = list(map(raw.__getitem__, order))
+        del order
+        in_order = False
+    else:
+        in_order = True
+    del seqs
+    return Loaded(
+        header=header,
+        tasks=records,
+        torn=torn,
+        lines=lines,
+        raw=[] if raw is None else raw,
+        header_line=header_line,
+        # One line per task, in order, nothing torn, and the lines at hand to
+        # copy: what compaction writes.
+        compact=raw is not None and in_order and torn is None and lines == len(found) + 1,
+    )
+
+
+def _replay_data(path: str, data: bytes) -> Loaded:
+    """Replay a whole file's bytes line by line."""
     complete = data.rfind(b"\n") + 1
     body = data[:complete]
     torn: TornTail | None = None
@@ -184,48 +332,14 @@ def _replay(path: str, data: bytes) -> Loaded:
             reason="the last line has no newline: a write was cut short",
         )
     newlines = body.count(b"\n")
-    first = body.find(b"\n") + 1
-    header: Record | None = None
-    records: list[Record] = []
-    _check_format(path, body[:first])
-    try:
-        header = _decoder.decode(body[:first])
-        records = _decoder.decode_lines(memoryview(body)[first:])
-        # decode_lines splits on any JSON whitespace, not on newlines: one record
-        # per line holds if every line starts a record (so none is blank) and
-        # there are as many records as lines.
-        fast = (
-            isinstance(header, Header)
-            and len(records) + 1 == newlines
-            and body[:1] == b"{"
-            and body.count(b"\n{") == newlines - 1
-            and set(map(type, records)) <= {TaskRecord}  # no second header
-        )
-    except _UNDECODABLE:
-        fast = False
-    if not fast:
-        # Find what is wrong, line by line, to name it precisely.
-        slow, torn = _replay_slowly(path, body, torn)
-        header = slow[0]
-        records = slow[1:]
+    slow, torn = _replay_slowly(path, body, torn)
+    del body
+    header = slow[0]
     assert isinstance(header, Header)
-    if header.format > FORMAT_VERSION:
-        raise JournalVersionError(path=path, found=header.format, supported=FORMAT_VERSION)
-    # Every record after the header is a TaskRecord: checked above or by _replay_slowly.
-    tasks: dict[str, TaskRecord] = {r.id: r for r in cast("list[TaskRecord]", records)}
-    del records
-    ordered = sorted(tasks.values(), key=_by_seq)
-    del tasks
-    for i, record in enumerate(ordered):
-        if record.result is not msgspec.UNSET:
-            # A decoded Raw points into the whole file's buffer: copy it so the buffer can go.
-            ordered[i] = msgspec.structs.replace(record, result=record.result.copy())
-    return Loaded(
-        header=header,
-        tasks={r.id: r for r in ordered},
-        torn=torn,
-        lines=newlines + (complete < len(data)),
-    )
+    # Every record after the header is a TaskRecord: _replay_slowly checked.
+    tasks = {r.id: r for r in cast("list[TaskRecord]", slow[1:])}
+    del slow
+    return _loaded(path, header, tasks, torn, newlines + (complete < len(data)))
 
 
 def _replay_slowly(
@@ -281,11 +395,12 @@ def _step(path: str, real: str, step: str, filename: str | None = None) -> Itera
         ) from exc
 
 
-def _read(path: str, real: str) -> bytes | None:
+def _read(path: str, real: str) -> Loaded | None:
+    """Read and replay the journal at ``real``; None if there is none."""
     with _step(path, real, "reading", real):
         try:
-            with open(real, "rb") as f:
-                return f.read()
+            with open(real, "rb", buffering=0) as f:
+                return _replay(path, f)
         except FileNotFoundError:
             return None
 
@@ -303,8 +418,7 @@ def load(path: str | os.PathLike[str]) -> Loaded | None:
         JournalOpenError: The file cannot be read (also an OSError).
     """
     path = os.fspath(path)
-    data = _read(path, os.path.realpath(path))
-    return None if data is None else _replay(path, data)
+    return _read(path, os.path.realpath(path))
 
 
 def _fsync_dir(directory: str) -> None:
@@ -363,8 +477,39 @@ def _keep_owner_and_mode(fd: int, journal: os.stat_result) -> None:
     os.fchmod(fd, stat.S_IMODE(journal.st_mode))
 
 
+def _compacted_lines(header: Header, tasks: list[TaskRecord], loaded: Loaded | None) -> list[bytes]:
+    """The lines of the compacted journal, each without its newline.
+
+    A record that is the very one ``loaded`` decoded keeps the line it was
+    decoded from (it decodes to the same record); any other is encoded.
+    """
+    encode = msgspec.json.Encoder().encode
+    if loaded is None or not loaded.raw:
+        return [encode(header), *map(encode, tasks)]
+    found = list(loaded.tasks.values())
+    raw = loaded.raw
+    if len(tasks) != len(found):
+        # Some were dropped: find each record's line by the record itself.
+        line_of = dict(zip(map(id, found), raw, strict=True))
+        del found
+        return [encode(header), *[line_of.get(id(r)) or encode(r) for r in tasks]]
+    lines = [encode(header), *raw]
+    for i in itertools.compress(range(len(tasks)), map(operator.is_not, tasks, found)):
+        lines[i + 1] = encode(tasks[i])
+    return lines
+
+
+#: Lines joined into one write by compaction: large writes without a copy of the whole file.
+_LINES_PER_WRITE = 4096
+
+
 def compact(
-    path: str, header: Header, tasks: list[TaskRecord], *, real_path: str | None = None
+    path: str,
+    header: Header,
+    tasks: list[TaskRecord],
+    *,
+    real_path: str | None = None,
+    loaded: Loaded | None = None,
 ) -> None:
     """Replace the journal with the header and one record per task, atomically.
 
@@ -376,6 +521,8 @@ def compact(
     renamed over the journal, and the directory is fsynced: a crash at any
     step leaves either the old journal or the new one. A leftover
     ``.compact`` file is never read; a failed compaction removes its own.
+    Records that are the very ones ``loaded`` (what replaying this journal
+    found) holds are written as the lines they were read from.
 
     Raises:
         JournalLinkError: The journal has more than one hard link; nothing was written.
@@ -383,13 +530,7 @@ def compact(
     """
     real = os.path.realpath(path) if real_path is None else real_path
     journal = _existing(path, real)
-    encoder = msgspec.json.Encoder()
-    buf = bytearray()
-    encoder.encode_into(header, buf, -1)
-    buf += b"\n"
-    for record in tasks:
-        encoder.encode_into(record, buf, -1)
-        buf += b"\n"
+    lines = _compacted_lines(header, tasks, loaded)
     temporary = real + ".compact"
     fd = -1
     try:
@@ -402,7 +543,11 @@ def compact(
             fd = os.open(temporary, flags, 0o666 if journal is None else 0o600)
             if journal is not None:
                 _keep_owner_and_mode(fd, journal)
-            _write_all(fd, buf)
+            for start in range(0, len(lines), _LINES_PER_WRITE):
+                piece = lines[start : start + _LINES_PER_WRITE]
+                piece.append(b"")  # the last line's newline
+                _write_all(fd, b"\n".join(piece))
+            del lines
         with _step(path, real, "syncing the compacted file", temporary):
             os.fsync(fd)
             fd, closing = -1, fd
@@ -516,18 +661,18 @@ def recover(
     ``keep_finished_for`` seconds ago, are dropped (None keeps them all). The
     submit counter never goes backwards.
     """
-    tasks: list[TaskRecord] = []
+    tasks = list(loaded.tasks.values())
     interrupted: list[str] = []
-    for record in loaded.tasks.values():
-        if record.status is Status.RUNNING:
-            interrupted.append(record.id)
-            record = msgspec.structs.replace(
-                record,
-                status=Status.QUEUED,
-                started_at=None,
-                recoveries=record.recoveries + 1,
-            )
-        tasks.append(record)
+    statuses = map(_by_status, tasks)
+    for i in itertools.compress(range(len(tasks)), map(operator.is_, statuses, _running)):
+        record = tasks[i]
+        interrupted.append(record.id)
+        tasks[i] = msgspec.structs.replace(
+            record,
+            status=Status.QUEUED,
+            started_at=None,
+            recoveries=record.recoveries + 1,
+        )
     counter = max(loaded.header.submit_counter, tasks[-1].seq if tasks else 0)
     dropped = 0
     if keep_finished is not None or keep_finished_for is not None:
@@ -552,6 +697,44 @@ def recover(
         submit_counter=counter,
     )
     return header, tasks, interrupted, dropped
+
+
+def _compact_already(loaded: Loaded, header: Header, interrupted: list[str], dropped: int) -> bool:
+    """True if compaction would write exactly what the journal holds."""
+    return (
+        loaded.compact
+        and not interrupted
+        and not dropped
+        and loaded.header_line == msgspec.json.encode(header)
+    )
+
+
+def _keep(path: str, real: str) -> None:
+    """Take an already compact journal as it stands, as durable as a compaction leaves it.
+
+    Its contents may never have been synced (a copy, or a compaction whose
+    directory sync a crash cut off): syncing the file and its directory costs
+    next to nothing when they are, and is what compaction would have done.
+
+    Raises:
+        JournalOpenError: A step failed (also an OSError with its errno).
+    """
+    temporary = real + ".compact"
+    # A crash's leftover, which compaction would have removed.
+    with (
+        _step(path, real, "writing the compacted file", temporary),
+        contextlib.suppress(FileNotFoundError),
+    ):
+        os.unlink(temporary)
+    with _step(path, real, "syncing the journal", real):
+        fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _sync_data(fd)
+        finally:
+            os.close(fd)
+    directory = os.path.dirname(real)
+    with _step(path, real, "syncing the directory", directory):
+        _fsync_dir(directory)
 
 
 @dataclass(slots=True)
@@ -584,6 +767,9 @@ def open_journal(
 ) -> Opened:
     """Lock, replay, and compact a journal, creating it if missing (blocking).
 
+    A journal that is already what compaction would write is kept as it is,
+    and only synced with its directory.
+
     Tasks found ``running`` are written back as ``queued`` with their priority,
     ``seq`` and attempt count, and one more recovery, since the process running
     them died. See :func:`recover` for retention. The path is resolved first:
@@ -606,9 +792,7 @@ def open_journal(
     mode = 0o666 if journal is None else stat.S_IMODE(journal.st_mode) & 0o666
     lock_fd = _lock(path, real, mode)
     try:
-        data = _read(path, real)
-        loaded = None if data is None else _replay(path, data)
-        del data
+        loaded = _read(path, real)
         interrupted: list[str] = []
         tasks: list[TaskRecord] = []
         dropped = 0
@@ -629,7 +813,13 @@ def open_journal(
                 keep_finished=keep_finished,
                 keep_finished_for=keep_finished_for,
             )
-        compact(path, header, tasks, real_path=real)
+        torn = None if loaded is None else loaded.torn
+        if loaded is not None and _compact_already(loaded, header, interrupted, dropped):
+            _keep(path, real)
+        else:
+            compact(path, header, tasks, real_path=real, loaded=loaded)
+        created = loaded is None
+        del loaded  # its lines and index: the pool keeps only the records
         with _step(path, real, "opening for appending", real):
             fd = os.open(real, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
     except BaseException:
@@ -641,8 +831,8 @@ def open_journal(
         lock_fd=lock_fd,
         header=header,
         tasks=tasks,
-        torn=None if loaded is None else loaded.torn,
-        created=loaded is None,
+        torn=torn,
+        created=created,
         real_path=real,
         interrupted=interrupted,
         dropped=dropped,

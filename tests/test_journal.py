@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -266,6 +267,238 @@ class TestCompaction:
         write_lines(journal_path, header(submit_counter=40), task(7))
         o = open_sync(journal_path, opened_journals)
         assert o.header.submit_counter == 40
+
+
+class TestReplayInChunks:
+    """The replay reads a chunk at a time: lines cut by a chunk's end replay alike."""
+
+    @pytest.mark.parametrize("chunk", [1, 7, 64, 1 << 22])
+    @pytest.mark.parametrize(
+        "tail",
+        [
+            pytest.param(b"", id="whole"),
+            pytest.param(b'{"kind":"task","id":"t9","se', id="torn"),
+            pytest.param(b"\n" + encoder.encode(task(3)) + b"\n", id="blank-line"),
+            pytest.param(b"not json\n" + encoder.encode(task(3)) + b"\n", id="corrupt"),
+            pytest.param(encoder.encode(header()) + b"\n", id="second-header"),
+        ],
+    )
+    def test_every_chunk_size_replays_to_the_model(
+        self, journal_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int, tail: bytes
+    ) -> None:
+        from tests.reliability._loader_helpers import assert_load_matches_model
+
+        long_result = msgspec.Raw(encoder.encode(["x" * 300, 1]))
+        data = write_lines(
+            journal_path,
+            header(),
+            task(1),
+            task(2, key="k2"),
+            task(1, Status.RUNNING, attempts=1),
+            task(1, Status.COMPLETED, attempts=1, result=long_result),
+            task(2, Status.FAILED, error_type="E", error_message="é" * 50),
+        )
+        data += tail
+        journal_path.write_bytes(data)
+        monkeypatch.setattr(_journal, "_CHUNK", chunk)
+        assert_load_matches_model(journal_path, data)
+
+    def test_a_result_holds_its_own_line_not_the_chunk_it_was_read_in(
+        self, journal_path: Path
+    ) -> None:
+        padding = "x" * 400
+        records: list[Header | TaskRecord] = [header()]
+        records.append(task(1, Status.COMPLETED, result=msgspec.Raw(b'{"sent":true}')))
+        records += [task(2, error_message=padding) for _ in range(10_000)]  # 4 MB
+        write_lines(journal_path, *records)
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            loaded = load(journal_path)
+            held = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert loaded is not None
+        assert loaded.tasks["t1"].result == msgspec.Raw(b'{"sent":true}')
+        # Two tasks' records and lines: far less than the chunk that held them.
+        assert held < 100_000
+
+
+class TestCompactionCopiesLines:
+    def test_a_surviving_line_is_written_back_as_it_was_read(
+        self, journal_path: Path, opened_journals: list[_journal.Opened]
+    ) -> None:
+        # Spaces that msgspec never writes: only a copy keeps them.
+        done = b'{"kind": "task", "id": "t1", "seq": 1, "status": "completed", "submitted_at": 1.0}'
+        data = write_lines(journal_path, header(), task(1)) + done + b"\n"
+        journal_path.write_bytes(data)
+        o = open_sync(journal_path, opened_journals)
+        assert o.tasks[0].status is Status.COMPLETED
+        assert journal_path.read_bytes().splitlines()[1] == done
+
+    def test_an_interrupted_task_is_encoded_again(
+        self, journal_path: Path, opened_journals: list[_journal.Opened]
+    ) -> None:
+        running = (
+            b'{"kind": "task", "id": "t1", "seq": 1, "status": "running", "submitted_at": 1.0}'
+        )
+        data = write_lines(journal_path, header(submit_counter=1)) + running + b"\n"
+        journal_path.write_bytes(data)
+        open_sync(journal_path, opened_journals)
+        line = journal_path.read_bytes().splitlines()[1]
+        assert line == encoder.encode(task(1, recoveries=1))
+
+    def test_with_retention_the_kept_lines_are_copied_and_the_rest_dropped(
+        self, journal_path: Path, opened_journals: list[_journal.Opened]
+    ) -> None:
+        done = (
+            b'{"kind": "task", "id": "t2", "seq": 2, "status": "failed", '
+            b'"submitted_at": 2.0, "finished_at": 2.0}'
+        )
+        old = task(1, Status.COMPLETED, finished_at=1.0)
+        data = write_lines(journal_path, header(submit_counter=2), old) + done + b"\n"
+        journal_path.write_bytes(data)
+        o = open_journal(journal_path, max_concurrent=2, keep_finished=1)
+        opened_journals.append(o)
+        assert (o.dropped, [r.id for r in o.tasks]) == (1, ["t2"])
+        assert journal_path.read_bytes().splitlines()[1:] == [done]
+
+
+def _compact_journal(path: Path, **header_changes: object) -> bytes:
+    """A journal laid out as compaction writes it, for ``open_sync``'s settings."""
+    fields: dict[str, object] = {"submit_counter": 3, **header_changes}
+    return write_lines(
+        path,
+        header(**fields),
+        task(1, Status.COMPLETED, attempts=1, result=msgspec.Raw(b"1")),
+        task(2, Status.FAILED, attempts=1, error_type="E"),
+        task(3, key="k3"),
+    )
+
+
+class TestAlreadyCompact:
+    """A journal that is already what compaction would write is left as it is."""
+
+    def test_it_keeps_its_inode_and_mtime(
+        self, journal_path: Path, opened_journals: list[_journal.Opened]
+    ) -> None:
+        data = _compact_journal(journal_path)
+        os.utime(journal_path, (1_000_000, 1_000_000))
+        before = journal_path.stat()
+        o = open_sync(journal_path, opened_journals)
+        after = journal_path.stat()
+        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+        assert journal_path.read_bytes() == data
+        assert [r.id for r in o.tasks] == ["t1", "t2", "t3"]
+
+    def test_a_journal_of_only_its_header_keeps_its_inode(
+        self, journal_path: Path, opened_journals: list[_journal.Opened]
+    ) -> None:
+        open_sync(journal_path, opened_journals)  # creates it
+        for o in opened_journals:
+            os.close(o.fd)
+            os.close(o.lock_fd)
+        opened_journals.clear()
+        inode = journal_path.stat().st_ino
+        open_sync(journal_path, opened_journals)
+        assert journal_path.stat().st_ino == inode
+
+    def test_it_is_synced_and_a_stray_compact_file_removed(
+        self,
+        journal_path: Path,
+        opened_journals: list[_journal.Opened],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        _compact_journal(journal_path)
+        stray = Path(f"{journal_path}.compact")
+        stray.write_bytes(b"left by a crash")
+        synced: list[tuple[int, int]] = []
+        real_sync, real_fsync = _journal._sync_data, os.fsync
+
+        def sync_data(fd: int) -> None:
+            synced.append((os.fstat(fd).st_ino, 0))
+            real_sync(fd)
+
+        def fsync(fd: int) -> None:
+            synced.append((os.fstat(fd).st_ino, 1))
+            real_fsync(fd)
+
+        monkeypatch.setattr(_journal, "_sync_data", sync_data)
+        monkeypatch.setattr(os, "fsync", fsync)
+        inode = journal_path.stat().st_ino
+        open_sync(journal_path, opened_journals)
+        assert journal_path.stat().st_ino == inode
+        assert not stray.exists()
+        # The contents may never have been synced (a copy; a crash after a rename).
+        assert (inode, 0) in synced
+        assert (journal_path.parent.stat().st_ino, 1) in synced
+
+    @pytest.mark.parametrize(
+        ("case", "expected"),
+        [
+            ("a running task", "recovered"),
+            ("another max_concurrent", "header"),
+            ("another strategy", "header"),
+            ("a submit counter behind the last seq", "header"),
+            ("a header written otherwise", "header"),
+            ("two lines for a task", "lines"),
+            ("tasks out of order", "lines"),
+            ("a torn tail", "lines"),
+            ("a blank line", "lines"),
+            ("a finished task past retention", "dropped"),
+        ],
+    )
+    def test_it_is_rewritten_if_compaction_would_change_it(
+        self,
+        journal_path: Path,
+        opened_journals: list[_journal.Opened],
+        case: str,
+        expected: str,
+    ) -> None:
+        data = _compact_journal(journal_path)
+        lines = data.splitlines(keepends=True)
+        settings: dict[str, object] = {"max_concurrent": 2}
+        if case == "a running task":
+            lines[3] = encoder.encode(task(3, Status.RUNNING, key="k3", attempts=1)) + b"\n"
+        elif case == "another max_concurrent":
+            settings["max_concurrent"] = 3
+        elif case == "another strategy":
+            settings["strategy"] = "fifo"
+        elif case == "a submit counter behind the last seq":
+            lines[0] = encoder.encode(header(submit_counter=2)) + b"\n"
+        elif case == "a header written otherwise":
+            lines[0] = lines[0].replace(b'"format":1', b'"format": 1')
+        elif case == "two lines for a task":
+            lines.insert(1, encoder.encode(task(1)) + b"\n")
+        elif case == "tasks out of order":
+            lines[2], lines[3] = lines[3], lines[2]
+        elif case == "a torn tail":
+            lines.append(b'{"kind":"task"')
+        elif case == "a blank line":
+            lines.insert(2, b"\n")
+        elif case == "a finished task past retention":
+            settings["keep_finished"] = 1
+        data = b"".join(lines)
+        journal_path.write_bytes(data)
+        inode = journal_path.stat().st_ino
+        o = open_journal(journal_path, **settings)  # type: ignore[arg-type]
+        opened_journals.append(o)
+        assert journal_path.stat().st_ino != inode
+        rewritten = journal_path.read_bytes()
+        assert rewritten != data
+        assert len(rewritten.splitlines()) == 1 + len(o.tasks)
+        assert o.header.submit_counter == 3
+        assert (bool(o.interrupted), bool(o.dropped)) == (
+            expected == "recovered",
+            expected == "dropped",
+        )
+        opened_journals.remove(o)
+        os.close(o.fd)
+        os.close(o.lock_fd)
+        inode = journal_path.stat().st_ino
+        opened_journals.append(open_journal(journal_path, **settings))  # type: ignore[arg-type]
+        assert journal_path.stat().st_ino == inode, "once rewritten, it is compact"
+        assert journal_path.read_bytes() == rewritten
 
 
 class TestLock:
