@@ -299,7 +299,7 @@ def _compact(args: argparse.Namespace) -> int:
         before = os.stat(path).st_size
         loaded = _load(path)
         header, tasks, requeued, _ = recover(loaded)
-        compact(path, header, tasks)
+        compact(path, header, tasks, loaded=loaded)
         after = os.stat(path).st_size
     finally:
         unlock(lock_fd)
@@ -599,7 +599,7 @@ def _operate(args: argparse.Namespace) -> int:
         for index, record in enumerate(tasks):
             if record.id in before:
                 tasks[index] = after[record.id] = operation.change(record, now, reason)
-        compact(path, header, tasks)
+        compact(path, header, tasks, loaded=loaded)
     finally:
         unlock(lock_fd)
     for task_id, old in before.items():
