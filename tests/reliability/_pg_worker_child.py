@@ -1,0 +1,130 @@
+"""A process of the PostgreSQL process tests: a worker, or a submit-only client.
+
+Run as ``python _pg_worker_child.py CONFIG_JSON`` (a :class:`Config`), with the
+ledger's DSN in ``HARNPOOL_TEST_LEDGER_DSN``. Every process opens the same pool
+by DSN and name with ``harnpool.open_pool``.
+
+A worker (``workers`` > 0) prints ``ready`` once its pool is open and runs the
+pool's tasks until SIGTERM (or SIGKILL). The submitter (``workers=0``) prints
+``ready``, then submits tasks ``<pool>-<i>``, writing ``hp_acked`` once each
+submit returned, and waits for them, writing ``hp_result`` with the type and
+value each wait returned. With ``tasks`` > 0 it submits that many and waits for
+all; with ``tasks=0`` it submits batches of ``batch``, waiting for each batch
+after submitting the next, until its stdin is closed, then waits for the rest.
+It prints ``done <n>`` and exits 0 once every wait returned.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from typing import Any
+
+import anyio
+import msgspec
+
+import harnpool
+from tests.reliability import _pg_tasks
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True):
+    dsn: str
+    pool: str
+    max_concurrent: int
+    workers: int
+    lease: float
+    tasks: int = 0
+    batch: int = 6
+
+
+import inspect  # noqa: E402
+
+if "workers" in inspect.signature(harnpool.open_pool).parameters:
+    open_pool: Any = harnpool.open_pool
+else:  # TEMPORARY
+    from tests.reliability._pg_stand_in import open_pool
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+async def run_worker(config: Config) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+        async with open_pool(
+            config.dsn,
+            name=config.pool,
+            max_concurrent=config.max_concurrent,
+            workers=config.workers,
+            lease=config.lease,
+        ):
+            say("ready")
+            async for _ in signals:
+                break
+
+
+async def run_submitter(config: Config) -> None:
+    stop = threading.Event()
+
+    def watch_stdin() -> None:
+        sys.stdin.read()
+        stop.set()
+
+    threading.Thread(target=watch_stdin, daemon=True).start()
+    async with open_pool(
+        config.dsn,
+        name=config.pool,
+        max_concurrent=config.max_concurrent,
+        workers=0,
+        lease=config.lease,
+    ) as pool:
+        say("ready")
+
+        async def submit(index: int) -> tuple[str, str]:
+            key = f"{config.pool}-{index}"
+            fn = _pg_tasks.function_for(index)
+            task_id = await pool.submit(fn, config.pool, key, _pg_tasks.millis(index), key=key)
+            await anyio.to_thread.run_sync(
+                _pg_tasks.execute,
+                "INSERT INTO hp_acked (pool, key, task_id) VALUES (%s, %s, %s)",
+                (config.pool, key, task_id),
+            )
+            return key, task_id
+
+        async def wait(key: str, task_id: str) -> None:
+            result = await pool.wait(task_id)
+            await anyio.to_thread.run_sync(
+                _pg_tasks.execute,
+                "INSERT INTO hp_result (pool, key, type, value) VALUES (%s, %s, %s, %s)",
+                (config.pool, key, type(result).__name__, msgspec.json.encode(result).decode()),
+            )
+
+        waited = 0
+        if config.tasks:
+            submitted = [await submit(i) for i in range(config.tasks)]
+        else:
+            submitted, index = [], 0
+            previous: list[tuple[str, str]] = []
+            while not stop.is_set():
+                current = [await submit(index + i) for i in range(config.batch)]
+                index += config.batch
+                submitted += current
+                for key, task_id in previous:
+                    await wait(key, task_id)
+                    waited += 1
+                previous = current
+        for key, task_id in submitted[waited:]:
+            await wait(key, task_id)
+        say(f"done {len(submitted)}")
+
+
+def main(config: Config) -> None:
+    if config.workers:
+        anyio.run(run_worker, config)
+    else:
+        anyio.run(run_submitter, config)
+
+
+if __name__ == "__main__":
+    main(msgspec.json.decode(sys.argv[1], type=Config))
