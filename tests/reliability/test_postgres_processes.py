@@ -44,7 +44,13 @@ import pytest
 
 psycopg = pytest.importorskip("psycopg")
 
-from tests.postgres_server import Server, ServerUnavailable, restart_server, running_server  # noqa: E402
+from tests.postgres_server import (  # noqa: E402
+    DSN_VARIABLE,
+    Server,
+    ServerUnavailable,
+    restart_server,
+    running_server,
+)
 from tests.reliability import _pg_tasks  # noqa: E402
 from tests.reliability._pg_worker_child import Config  # noqa: E402
 from tests.reliability.conftest import ReportFigures  # noqa: E402
@@ -70,7 +76,12 @@ class Child:
         self.lines: queue.Queue[str | None] = queue.Queue()
         self._log = log.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.reliability._pg_worker_child", msgspec.json.encode(config)],
+            [
+                sys.executable,
+                "-m",
+                "tests.reliability._pg_worker_child",
+                msgspec.json.encode(config),
+            ],
             cwd=ROOT,
             env={**os.environ, _pg_tasks.DSN_VARIABLE: ledger_dsn},
             stdin=subprocess.PIPE,
@@ -96,7 +107,9 @@ class Child:
         try:
             line = self.lines.get(timeout=timeout)
         except queue.Empty:
-            raise AssertionError(f"process {self.pid} printed no {prefix!r} in {timeout} s") from None
+            raise AssertionError(
+                f"process {self.pid} printed no {prefix!r} in {timeout} s"
+            ) from None
         if line is None:
             raise AssertionError(
                 f"process {self.pid} exited ({self.process.wait()}) before {prefix!r}"
@@ -324,5 +337,176 @@ def test_worker_processes_share_the_limit_and_run_each_key_once(
             "max_overlap": report.max_overlap,
             "worker_processes_used": len(report.pids),
             "seconds": round(time.perf_counter() - began, 1),
+        },
+    )
+
+
+def open_starts(cluster: Cluster, pid: int) -> int:
+    """How many task functions are under way in process ``pid``, by the ledger."""
+    ((count,),) = execute(
+        cluster.dsn,
+        "SELECT count(*) FROM hp_ledger WHERE pool = %s AND pid = %s AND ended IS NULL",
+        (cluster.pool, pid),
+    )
+    assert isinstance(count, int)
+    return count
+
+
+def crash_loop(cluster: Cluster, kills: int, rng: random.Random) -> dict[str, object]:
+    """Run 3 workers and a submitter; SIGKILL a random worker ``kills`` times, restarting it."""
+    began = time.perf_counter()
+    workers = [cluster.start(workers=2) for _ in range(3)]
+    for worker in workers:
+        worker.expect("ready")
+    submitter = cluster.start(workers=0)
+    submitter.expect("ready")
+    mid_task = 0
+    for _ in range(kills):
+        slot = rng.randrange(len(workers))
+        victim = workers[slot]
+        if rng.random() < 0.75:
+            # Most kills land while the victim runs a task, at a random point of it.
+            deadline = time.monotonic() + PROCESS_SECONDS
+            while open_starts(cluster, victim.pid) == 0:
+                assert time.monotonic() < deadline, f"worker {victim.pid} never started a task"
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0, 0.15))
+        else:
+            time.sleep(rng.uniform(0, 0.5))
+        mid_task += open_starts(cluster, victim.pid) > 0
+        cluster.kill(victim)
+        workers[slot] = cluster.start(workers=2)
+        if rng.random() < 0.8:
+            workers[slot].expect("ready")
+    submitter.close_stdin()
+    done = submitter.expect("done", timeout=90)
+    return {
+        "kills": kills,
+        "kills_mid_task": mid_task,
+        "submitted": int(done.split()[1]),
+        "seconds": round(time.perf_counter() - began, 1),
+    }
+
+
+def _crash_seed() -> int:
+    seed = int(os.environ.get(SEED_VARIABLE) or random.randrange(2**32))
+    print(f"crash loop seed: {seed} (replay with {SEED_VARIABLE}={seed})")
+    return seed
+
+
+@pytest.mark.parametrize(
+    "kills",
+    [10, pytest.param(80, marks=[pytest.mark.slow, pytest.mark.timeout(1200)])],
+)
+def test_sigkilled_workers_lose_nothing_and_rerun_only_what_a_crash_hit(
+    cluster: Cluster, report_figures: ReportFigures, kills: int
+) -> None:
+    seed = _crash_seed()
+    cluster.lease = 1.5
+    figures = crash_loop(cluster, kills, random.Random(seed))
+    report = check(cluster.dsn, cluster.pool)
+    assert_clean(report, cluster)
+    assert report.tasks == figures["submitted"]
+    report_figures(
+        f"crash loop, lease {cluster.lease} s, seed {seed}",
+        {
+            **figures,
+            "tasks": report.tasks,
+            "starts": report.starts,
+            "starts_cut_by_kills": report.cut,
+            "reruns": report.starts - report.tasks,
+            "finished_reruns": report.finished_reruns,
+            "lost": report.lost,
+            "max_overlap": report.max_overlap,
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def own_server() -> Iterator[Server]:
+    """A server of this module's own, which a test may restart, or a skip."""
+    if os.environ.get(DSN_VARIABLE):
+        pytest.skip(f"{DSN_VARIABLE} names an existing server, which the tests must not restart")
+    try:
+        with running_server() as server:
+            yield server
+    except ServerUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+def listeners(dsn: str) -> int:
+    """How many of the database's connections sit idle after a LISTEN."""
+    ((count,),) = execute(
+        dsn,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND state = 'idle' AND query ILIKE 'LISTEN %%'",
+    )
+    assert isinstance(count, int)
+    return count
+
+
+def test_immediate_server_restart_loses_nothing_and_every_worker_resumes(
+    own_server: Server, pool_name: str, tmp_path: Path, report_figures: ReportFigures
+) -> None:
+    dsn = own_server.create_database()
+    # The throwaway server commits asynchronously; a crash may drop such commits,
+    # so this database waits for its WAL to be written, as a production one would.
+    name = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
+    execute(own_server.admin_dsn, f'ALTER DATABASE "{name}" SET synchronous_commit = on')
+    _pg_tasks.create_tables(dsn)
+    cluster = Cluster(dsn, pool_name, tmp_path, lease=10.0)
+    try:
+        # One task per worker: once the server is back, the limit of 3 is reached
+        # only if every worker claims again.
+        workers = [cluster.start(workers=1) for _ in range(3)]
+        for worker in workers:
+            worker.expect("ready")
+        submitter = cluster.start(workers=0, tasks=45)
+        submitter.expect("ready")
+        deadline = time.monotonic() + PROCESS_SECONDS
+        while (
+            execute(
+                dsn,
+                "SELECT count(*) FROM hp_ledger WHERE pool = %s AND ended IS NOT NULL",
+                (pool_name,),
+            )[0][0]
+            < 9
+        ):
+            assert time.monotonic() < deadline, cluster.log()
+            time.sleep(0.02)
+        listening = listeners(dsn)
+        seconds = restart_server(own_server, mode="immediate")
+        ((back_at,),) = execute(dsn, "SELECT clock_timestamp()")
+        submitter.expect("done 45", timeout=90)
+        # Every listener came back.
+        deadline = time.monotonic() + PROCESS_SECONDS
+        while listeners(dsn) < listening:
+            assert time.monotonic() < deadline, f"{listeners(dsn)} of {listening} listen again"
+            time.sleep(0.05)
+        report = check(dsn, pool_name)
+        assert_clean(report, cluster)
+        assert report.starts == report.tasks == 45
+        firsts = dict(
+            execute(
+                dsn,
+                "SELECT pid, min(started) FROM hp_ledger WHERE pool = %s AND started > %s"
+                " GROUP BY pid",
+                (pool_name, back_at),
+            )
+        )
+        assert set(firsts) == {w.pid for w in workers}, "a worker never ran a task again"
+        resumed = max(firsts.values()) - back_at
+    finally:
+        cluster.stop()
+    report_figures(
+        "pg_ctl restart -m immediate after 9 of 45 tasks, 3 workers (workers=1)",
+        {
+            "restart_seconds": round(seconds, 2),
+            "last_worker_resumed_after_s": round(resumed.total_seconds(), 2),
+            "listeners": listening,
+            "tasks": report.tasks,
+            "starts": report.starts,
+            "lost": report.lost,
+            "max_overlap": report.max_overlap,
         },
     )
