@@ -11,18 +11,21 @@ submit returned, and waits for them, writing ``hp_result`` with the type and
 value each wait returned. With ``tasks`` > 0 it submits that many and waits for
 all; with ``tasks=0`` it submits batches of ``batch``, waiting for each batch
 after submitting the next, until its stdin is closed, then waits for the rest.
-It prints ``done <n>`` and exits 0 once every wait returned.
+It prints ``done <n> <r>`` and exits 0 once every wait returned, ``r`` being
+how many times a wait raised DatabaseError and was called again
+(``retry_wait``; without it, the error ends the process).
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import threading
-from typing import Any
 
 import anyio
 import msgspec
+import structlog
 
 import harnpool
 from tests.reliability import _pg_tasks
@@ -36,14 +39,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     lease: float
     tasks: int = 0
     batch: int = 6
-
-
-import inspect  # noqa: E402
-
-if "workers" in inspect.signature(harnpool.open_pool).parameters:
-    open_pool: Any = harnpool.open_pool
-else:  # TEMPORARY
-    from tests.reliability._pg_stand_in import open_pool
+    #: Call wait() again when it raises DatabaseError (the database was unreachable).
+    retry_wait: bool = False
 
 
 def say(text: str) -> None:
@@ -52,7 +49,7 @@ def say(text: str) -> None:
 
 async def run_worker(config: Config) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM) as signals:
-        async with open_pool(
+        async with harnpool.open_pool(
             config.dsn,
             name=config.pool,
             max_concurrent=config.max_concurrent,
@@ -72,7 +69,7 @@ async def run_submitter(config: Config) -> None:
         stop.set()
 
     threading.Thread(target=watch_stdin, daemon=True).start()
-    async with open_pool(
+    async with harnpool.open_pool(
         config.dsn,
         name=config.pool,
         max_concurrent=config.max_concurrent,
@@ -93,7 +90,15 @@ async def run_submitter(config: Config) -> None:
             return key, task_id
 
         async def wait(key: str, task_id: str) -> None:
-            result = await pool.wait(task_id)
+            while True:
+                try:
+                    result = await pool.wait(task_id)
+                    break
+                except harnpool.DatabaseError as exc:
+                    if not config.retry_wait:
+                        raise
+                    print(f"wait({task_id}) raised {exc!r}; waiting again", file=sys.stderr)
+                    retried.append(task_id)
             await anyio.to_thread.run_sync(
                 _pg_tasks.execute,
                 "INSERT INTO hp_result (pool, key, type, value) VALUES (%s, %s, %s, %s)",
@@ -101,6 +106,7 @@ async def run_submitter(config: Config) -> None:
             )
 
         waited = 0
+        retried: list[str] = []
         if config.tasks:
             submitted = [await submit(i) for i in range(config.tasks)]
         else:
@@ -116,10 +122,23 @@ async def run_submitter(config: Config) -> None:
                 previous = current
         for key, task_id in submitted[waited:]:
             await wait(key, task_id)
-        say(f"done {len(submitted)}")
+        say(f"done {len(submitted)} {len(retried)}")
 
 
 def main(config: Config) -> None:
+    # The pool's warnings and errors go to stderr, the test's log of its children.
+    structlog.configure(
+        processors=[
+            structlog.processors.TimeStamper(fmt="iso"),
+            structlog.processors.CallsiteParameterAdder(
+                [structlog.processors.CallsiteParameter.PROCESS]
+            ),
+            structlog.processors.KeyValueRenderer(key_order=["timestamp", "process", "event"]),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        context_class=dict,
+    )
     if config.workers:
         anyio.run(run_worker, config)
     else:

