@@ -63,7 +63,7 @@ def render_page(directory: str, number: int) -> Page:
     note(directory, f"start {number} {os.getpid()}")
     time.sleep(0.6)
     note(directory, f"done {number} {os.getpid()}")
-    return Page(number=number, words=250 * number, pid=os.getpid())
+    return Page(number=number, words=250 * (number + 1), pid=os.getpid())
 
 
 async def worker(dsn: str, name: str) -> None:
@@ -143,17 +143,20 @@ def main() -> int:
     Path(directory, "renders.log").unlink(missing_ok=True)
     name = f"pages-{uuid.uuid4().hex[:8]}"  # a pool of its own, whatever else the database holds
     with database() as dsn:
-        workers: dict[int, subprocess.Popen[str]] = {}
-        for n in range(WORKERS):
-            proc = subprocess.Popen(
+        started = [
+            subprocess.Popen(
                 [sys.executable, __file__, "--worker", dsn, name],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
             )
+            for _ in range(WORKERS)
+        ]
+        workers: dict[int, subprocess.Popen[str]] = {}
+        for proc in started:
             assert proc.stdout is not None
             if proc.stdout.readline().strip() != "ready":
-                print(f"FAILED: worker {n} did not open the pool")
+                print(f"FAILED: worker {proc.pid} did not open the pool")
                 return 1
             workers[proc.pid] = proc
             print(f"worker process {proc.pid} opened pool {name!r} (workers=1)")
