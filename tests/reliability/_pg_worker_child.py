@@ -9,8 +9,9 @@ pool's tasks until SIGTERM (or SIGKILL). The submitter (``workers=0``) prints
 ``ready``, then submits tasks ``<pool>-<i>``, writing ``hp_acked`` once each
 submit returned, and waits for them, writing ``hp_result`` with the type and
 value each wait returned. With ``tasks`` > 0 it submits that many and waits for
-all; with ``tasks=0`` it submits batches of ``batch``, waiting for each batch
-after submitting the next, until its stdin is closed, then waits for the rest.
+all; with ``tasks=0`` it submits batches of ``batch``, waiting for the oldest tasks
+whenever more than ``ahead`` batches are unfinished, until its stdin is closed,
+then waits for the rest.
 It prints ``done <n> <r>`` and exits 0 once every wait returned, ``r`` being
 how many times a wait raised DatabaseError and was called again
 (``retry_wait``; without it, the error ends the process).
@@ -37,8 +38,10 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     max_concurrent: int
     workers: int
     lease: float
+    max_recoveries: int = 5
     tasks: int = 0
     batch: int = 6
+    ahead: int = 4
     #: Call wait() again when it raises DatabaseError (the database was unreachable).
     retry_wait: bool = False
 
@@ -55,6 +58,7 @@ async def run_worker(config: Config) -> None:
             max_concurrent=config.max_concurrent,
             workers=config.workers,
             lease=config.lease,
+            max_recoveries=config.max_recoveries,
         ):
             say("ready")
             async for _ in signals:
@@ -111,15 +115,13 @@ async def run_submitter(config: Config) -> None:
             submitted = [await submit(i) for i in range(config.tasks)]
         else:
             submitted, index = [], 0
-            previous: list[tuple[str, str]] = []
             while not stop.is_set():
-                current = [await submit(index + i) for i in range(config.batch)]
+                submitted += [await submit(index + i) for i in range(config.batch)]
                 index += config.batch
-                submitted += current
-                for key, task_id in previous:
-                    await wait(key, task_id)
+                # Keep `ahead` batches in flight: a task a kill held up does not stall the rest.
+                while len(submitted) - waited > config.ahead * config.batch:
+                    await wait(*submitted[waited])
                     waited += 1
-                previous = current
         for key, task_id in submitted[waited:]:
             await wait(key, task_id)
         say(f"done {len(submitted)} {len(retried)}")
