@@ -411,8 +411,9 @@ class SharedPool(Pool):
         if task is not None:
             self._cancel_here(task)
         if record.status not in FINISHED:
-            with anyio.CancelScope(shield=True):
-                record = await self._finished(task_id)
+            # Not shielded: the request is committed, and an owner that died
+            # answers only once its lease expired.
+            record = await self._finished(task_id)
         return record.status is Status.CANCELLED
 
     @staticmethod

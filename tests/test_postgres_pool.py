@@ -164,6 +164,15 @@ class TestSharing:
                 assert ids[1] != first
                 assert one.statistics().queued == 2
 
+    def test_a_blocking_pool_shares_it_too(self, postgres_url: str, pool_name: str) -> None:
+        with (
+            harnpool.open_blocking_pool(postgres_url, name=pool_name, workers=0) as client,
+            harnpool.open_blocking_pool(postgres_url, name=pool_name, backend="trio") as worker,
+        ):
+            task_id = client.submit(pair, 5)
+            assert worker.wait(task_id, timeout=20) == (5, "5")
+            assert client.statistics().completed == 1
+
 
 class TestLeases:
     async def test_an_abandoned_task_is_reclaimed_once_its_lease_expires(
