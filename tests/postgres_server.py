@@ -179,3 +179,44 @@ def running_server() -> Iterator[Server]:
             # Immediate: the data is thrown away, so nothing needs to reach the disk.
             subprocess.run([*pg_ctl, "-m", "immediate", "stop"], capture_output=True, check=False)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def restart_server(server: Server, *, mode: str = "immediate") -> float:
+    """Restart a server started by :func:`running_server` with ``pg_ctl restart -m mode``.
+
+    ``immediate`` kills every server process at once, as a crash would, and the
+    server replays its WAL on the way up. The server keeps its options (pg_ctl
+    reads them back from ``postmaster.opts``).
+
+    Returns:
+        How long the restart took, in seconds (until the server accepts connections).
+
+    Raises:
+        ServerUnavailable: The server is an existing one (``HARNPOOL_PG_DSN``),
+            which the tests must not restart.
+    """
+    if server.directory is None or server.bindir is None:
+        raise ServerUnavailable(
+            f"the server named by {DSN_VARIABLE} is not the tests' own: it is not restarted"
+        )
+    data = os.path.join(server.directory, "data")
+    log = os.path.join(server.directory, "server.log")
+    began = time.perf_counter()
+    _run(
+        [
+            *_as_server_user(),
+            os.path.join(server.bindir, "pg_ctl"),
+            "-D",
+            data,
+            "-l",
+            log,
+            "-w",
+            "-s",
+            "-m",
+            mode,
+            "restart",
+        ],
+        f"pg_ctl restart -m {mode}",
+        log,
+    )
+    return time.perf_counter() - began
