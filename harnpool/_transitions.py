@@ -194,6 +194,14 @@ class Tasks:
                     self.check_usable()
                     continue
                 oldest = min(self.queued.values(), key=lambda t: t.record.seq)
+                batch = oldest.batch
+                if batch is not None and not batch.durable:
+                    # Not in the ready queue yet, so no worker could have been woken
+                    # for it: dropping it now would drop what an idle worker is about
+                    # to be handed. Let it arrive, then look again.
+                    await batch.wait()
+                    self.check_usable()
+                    continue
                 self.end(oldest, Status.REJECTED, reason="drop_oldest_queue_full")
                 continue
             if self.room.is_set():

@@ -5,13 +5,14 @@ workers, and still let its own cancellation through."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import anyio
 import pytest
 
 import harnpool
-from harnpool import Status
+from harnpool import Status, _journal
 from harnpool._queue import ReadyQueue
 
 
@@ -401,6 +402,40 @@ class TestDropOldestUnderOverload:
         # Without the workers' share, every task they were woken for was dropped
         # before they could start it, and only the last survivors ran.
         assert ran_while_submitting >= workers
+        assert stats.completed > bound
+
+
+    async def test_tasks_not_yet_durable_are_not_dropped_for_their_successors(
+        self, journal_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # A slow disk: every submitter adds its task while the first flush is still
+        # under way. Dropping the oldest of those not yet durable (so not yet in
+        # the ready queue, where an idle worker would take it) dropped every task
+        # but the last few survivors.
+        sync = _journal._sync_data
+
+        def slow_sync(fd: int) -> None:
+            time.sleep(0.05)
+            sync(fd)
+
+        monkeypatch.setattr(_journal, "_sync_data", slow_sync)
+        submitters, workers, bound = 32, 2, 4
+        started = 0
+
+        async def work() -> None:
+            nonlocal started
+            started += 1
+
+        with anyio.fail_after(60):
+            async with harnpool.open_pool(
+                journal_path, max_concurrent=workers, max_queued=bound, on_full="drop_oldest"
+            ) as pool:
+                async with anyio.create_task_group() as tg:
+                    for _ in range(submitters):
+                        tg.start_soon(pool.submit, work)
+            stats = pool.statistics()
+        assert stats.completed + stats.rejected == submitters
+        assert stats.completed == started
         assert stats.completed > bound
 
 
