@@ -404,7 +404,6 @@ class TestDropOldestUnderOverload:
         assert ran_while_submitting >= workers
         assert stats.completed > bound
 
-
     async def test_tasks_not_yet_durable_are_not_dropped_for_their_successors(
         self, journal_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
@@ -427,12 +426,14 @@ class TestDropOldestUnderOverload:
             started += 1
 
         with anyio.fail_after(60):
-            async with harnpool.open_pool(
-                journal_path, max_concurrent=workers, max_queued=bound, on_full="drop_oldest"
-            ) as pool:
-                async with anyio.create_task_group() as tg:
-                    for _ in range(submitters):
-                        tg.start_soon(pool.submit, work)
+            async with (
+                harnpool.open_pool(
+                    journal_path, max_concurrent=workers, max_queued=bound, on_full="drop_oldest"
+                ) as pool,
+                anyio.create_task_group() as tg,
+            ):
+                for _ in range(submitters):
+                    tg.start_soon(pool.submit, work)
             stats = pool.statistics()
         assert stats.completed + stats.rejected == submitters
         assert stats.completed == started
