@@ -269,6 +269,26 @@ class SharedPool(Pool):
             functools.partial(fn, *args, **kwargs), limiter=self._limiter
         )
 
+    async def _call_again(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``_call`` for a call that is safe to repeat: a read, or a write guarded
+        by owner and attempt. A failure is tried again, with backoff, for up to
+        one lease: a restarted server closed every pooled connection, and each
+        fails once before a fresh one replaces it.
+
+        Raises:
+            DatabaseError: The database still failed after a lease.
+        """
+        deadline = anyio.current_time() + self._shared.lease
+        delay = 0.01
+        while True:
+            try:
+                return await self._call(fn, *args, **kwargs)
+            except DatabaseError:
+                if anyio.current_time() + delay > deadline:
+                    raise
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
     def _check_usable(self) -> None:
         if self._closed:
             raise PoolClosedError(f"the pool {self._name!r} is closed")
@@ -346,7 +366,7 @@ class SharedPool(Pool):
             waiter.count += 1
             try:
                 # Registered before reading, so a notification after the read is not missed.
-                record = await self._call(self._store.get, task_id)
+                record = await self._call_again(self._store.get, task_id)
                 if record.status in FINISHED:
                     return record
                 await waiter.event.wait()
@@ -567,14 +587,16 @@ class SharedPool(Pool):
             self._lease_lost(record)
             return
         try:
+            # Guarded by owner and attempt, so writing again cannot overwrite a newer outcome.
             if outcome.status is Status.QUEUED:
-                stored = await self._call(
+                stored = await self._call_again(
                     self._store.requeue_for_retry, outcome, owner=self._owner, delay=task.delay
                 )
             else:
-                stored = await self._call(self._store.finish, outcome, owner=self._owner)
+                stored = await self._call_again(self._store.finish, outcome, owner=self._owner)
         except DatabaseError as exc:
-            # The lease lapses and another claim runs the task again: at least once.
+            # Still failing after a lease: the lease lapses and another claim runs
+            # the task again (at least once).
             emit("error", "task.write_failed", pool=self._name, task_id=record.id, error=str(exc))
             return
         if stored is None:

@@ -510,8 +510,8 @@ def test_immediate_server_restart_loses_nothing_and_every_worker_resumes(
         for worker in workers:
             worker.expect("ready")
         listening = listeners(dsn)
-        # A wait that raises DatabaseError is called again (see the xfail test below).
-        submitter = cluster.start(workers=0, tasks=45, retry_wait=True)
+        # No retry in the child: the pool's own wait rides out the restart.
+        submitter = cluster.start(workers=0, tasks=45)
         submitter.expect("ready")
         deadline = time.monotonic() + PROCESS_SECONDS
         while (
@@ -589,13 +589,6 @@ def task_status(dsn: str, pool: str, task_id: str) -> str:
     return status
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after a server restart the store hands out the pooled connections the server "
-    "closed, so the finish fails (DatabaseError), the worker drops the outcome at once, and "
-    "the task stays running until its lease lapses, then runs again",
-    raises=TimeoutError,
-)
 async def test_an_outcome_written_right_after_a_server_restart_is_kept(
     own_server: Server, pool_name: str
 ) -> None:
@@ -620,12 +613,6 @@ async def test_an_outcome_written_right_after_a_server_restart_is_kept(
                 await anyio.sleep(0.05)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after a server restart the store hands out the pooled connections the server "
-    "closed, and wait() raises the DatabaseError of its first read instead of waiting",
-    raises=harnpool.DatabaseError,
-)
 async def test_wait_called_after_a_server_restart_waits(own_server: Server, pool_name: str) -> None:
     dsn = restartable_database(own_server)
     async with harnpool.open_pool(as_url(dsn), name=pool_name, max_concurrent=1, workers=0) as pool:
