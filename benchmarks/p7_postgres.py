@@ -1,0 +1,499 @@
+"""P7: harnpool on PostgreSQL vs pgqueuer and procrastinate, same durable server, no-op tasks.
+
+The benchmark starts its own throwaway server (``_pg_server.py``) with
+``fsync=on``, ``synchronous_commit=on`` and ``full_page_writes=on``: a commit
+returns once its WAL is flushed, durable like the journal. Every contender gets
+a fresh database on that one server, in the same run, one after another.
+
+Three scenarios, each in fresh worker processes (spawned, set up, then started
+together on a barrier, so imports and connections are not timed):
+
+- ``enqueue+process`` with 1 and with 2 processes: each process submits its
+  share of N no-op tasks in batches of 10 while it processes tasks from the
+  shared queue, 10 at a time.
+- ``drain``: N tasks are put in the queue first (the fill rate is reported
+  apart), then one process runs them.
+
+The clock stops when the database shows all N tasks finished (committed), not
+when the last task body ran: pgqueuer buffers its completions, and a
+completion still in a buffer is not durable.
+
+The contenders, each used as its documentation shows:
+
+- harnpool's SQL layer (``PostgresStore``, labelled ``harnpool store``): in
+  each process a producer thread calls ``submit`` with 10 records at a time; a
+  claimer thread calls ``claim`` for as many tasks as it has free workers (at
+  most 10), waking on the pool's notifications (``store.listen()``); 10 worker
+  threads each run a task and ``finish`` it, a transaction each. The global
+  limit is the number of workers across processes. This is the SQL a pool on
+  PostgreSQL runs, without the pool around it.
+- pgqueuer with asyncpg (its recommended driver): ``PgQueuer(AsyncpgDriver(conn))``
+  with an ``@entrypoint``, ``run(batch_size=10)``; tasks enqueued with
+  ``Queries.enqueue`` (lists of 10) on a second connection. Its tables are
+  ``durable`` (its default: logged).
+- procrastinate with its ``PsycopgConnector``: an ``@app.task``,
+  ``run_worker_async(concurrency=10)`` (LISTEN/NOTIFY on), tasks deferred with
+  ``batch_defer_async`` (10 at a time). It is slow, so it runs a smaller N,
+  stated in its rows; ratios compare tasks/s.
+
+Beside the rate, each row gives the server's own counts per task, read from
+``pg_stat_database`` (transactions committed) and ``pg_stat_wal`` (WAL
+records, bytes, and WAL flushes to disk), after the workers' connections
+closed: what each design costs the database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import queue
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.sharedctypes import Synchronized
+from multiprocessing.synchronize import Barrier, Event
+from typing import Any
+
+import _bench
+import _pg_server
+import psycopg
+from _bench import Config, Result
+
+NAME = "p7_postgres"
+HEADLINE = "ratio_vs_pgqueuer"
+#: Tasks per enqueue call and per claim, and tasks in flight per process.
+BATCH = 10
+WORKERS = 10
+#: Rows per statement when the drain scenario fills the queue.
+FILL_CHUNK = 1_000
+#: Longest a scenario may take before the run is abandoned.
+DEADLINE = 600.0
+
+#: What run_all passes: an existing server to use instead of starting one.
+ADMIN_DSN_VARIABLE = "HARNPOOL_BENCH_PG_DSN"
+
+CONTENDERS = ("harnpool store", "pgqueuer", "procrastinate")
+
+
+def _sizes(cfg: Config) -> dict[str, int]:
+    """N per contender: procrastinate is an order of magnitude slower."""
+    if cfg.quick:
+        return {"harnpool store": 200, "pgqueuer": 200, "procrastinate": 100}
+    return {"harnpool store": 10_000, "pgqueuer": 10_000, "procrastinate": 2_000}
+
+
+# -- worker processes ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    contender: str
+    dsn: str
+    pool: str
+    produce: int
+    processes: int
+
+
+def _bump(counter: Synchronized[int]) -> None:
+    with counter.get_lock():
+        counter.value += 1
+
+
+def _child(
+    job: _Job, counter: Synchronized[int], barrier: Barrier, stop: Event
+) -> None:  # pragma: no cover - runs in a spawned process
+    runners: dict[str, Callable[[_Job, Synchronized[int], Barrier, Event], None]] = {
+        "harnpool store": _harnpool_store,
+        "pgqueuer": lambda *a: asyncio.run(_pgqueuer(*a)),
+        "procrastinate": lambda *a: asyncio.run(_procrastinate(*a)),
+    }
+    try:
+        runners[job.contender](job, counter, barrier, stop)
+    except BaseException:
+        barrier.abort()
+        raise
+
+
+def _harnpool_store(job: _Job, counter: Synchronized[int], barrier: Barrier, stop: Event) -> None:
+    import msgspec
+
+    from harnpool._pg import PostgresStore
+    from harnpool._records import Status, TaskRecord
+
+    store = PostgresStore.connect(job.dsn, job.pool, connections=WORKERS + 2)
+    listener = store.listen()
+    owner = f"bench-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    wakeup = threading.Event()
+    free = threading.Semaphore(WORKERS)
+    ready: queue.Queue[TaskRecord | None] = queue.Queue()
+    template = TaskRecord(
+        id="", seq=0, status=Status.QUEUED, submitted_at=0.0, function="p7_postgres:noop"
+    )
+    result = msgspec.Raw(b"null")
+
+    def listen() -> None:
+        while not stop.is_set():
+            # Only new work wakes the claimer; "finished" notices free no slot of its own.
+            if "queued" in listener.wait(0.5):
+                wakeup.set()
+
+    def claim() -> None:
+        while not stop.is_set():
+            if not free.acquire(timeout=0.1):
+                continue
+            slots = 1
+            while slots < BATCH and free.acquire(blocking=False):
+                slots += 1
+            wakeup.clear()
+            started = store.claim(
+                owner, limit=slots, lease=30.0, max_concurrent=WORKERS * job.processes
+            ).started
+            for _ in range(slots - len(started)):
+                free.release()
+            for record in started:
+                ready.put(record)
+            if not started:
+                wakeup.wait(0.05)
+
+    def work() -> None:
+        while (record := ready.get()) is not None:
+            _bump(counter)
+            store.finish(
+                msgspec.structs.replace(record, status=Status.COMPLETED, result=result),
+                owner=owner,
+            )
+            free.release()
+
+    def produce() -> None:
+        for _ in range(job.produce // BATCH):
+            store.submit([template] * BATCH)
+
+    barrier.wait()
+    threads = [threading.Thread(target=f) for f in (listen, claim, produce)]
+    threads += [threading.Thread(target=work) for _ in range(WORKERS)]
+    for t in threads:
+        t.start()
+    stop.wait()
+    threads[1].join()
+    for _ in range(WORKERS):
+        ready.put(None)
+    listener.close()
+    for t in threads:
+        t.join()
+    store.close()
+
+
+async def _pgqueuer(job: _Job, counter: Synchronized[int], barrier: Barrier, stop: Event) -> None:
+    import asyncpg
+    from pgqueuer import PgQueuer
+    from pgqueuer.db import AsyncpgDriver
+    from pgqueuer.models import Job
+    from pgqueuer.queries import Queries
+
+    consumer = await asyncpg.connect(job.dsn)
+    producer = await asyncpg.connect(job.dsn)
+    pgq = PgQueuer(AsyncpgDriver(consumer))
+
+    @pgq.entrypoint("noop")
+    async def noop(_: Job) -> None:
+        _bump(counter)
+
+    queries = Queries(AsyncpgDriver(producer))
+    await asyncio.to_thread(barrier.wait)
+    runner = asyncio.create_task(pgq.run(batch_size=BATCH))
+    for _ in range(job.produce // BATCH):
+        await queries.enqueue(["noop"] * BATCH, [None] * BATCH, [0] * BATCH)
+    await asyncio.to_thread(stop.wait)
+    pgq.shutdown.set()
+    await runner
+    await producer.close()
+    await consumer.close()
+
+
+async def _procrastinate(
+    job: _Job, counter: Synchronized[int], barrier: Barrier, stop: Event
+) -> None:
+    import procrastinate
+
+    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=job.dsn))
+
+    @app.task(name="noop", queue="bench")
+    async def noop() -> None:
+        _bump(counter)
+
+    async with app.open_async():
+        await asyncio.to_thread(barrier.wait)
+        worker = asyncio.create_task(
+            app.run_worker_async(
+                queues=["bench"], concurrency=WORKERS, install_signal_handlers=False
+            )
+        )
+        for _ in range(job.produce // BATCH):
+            await noop.batch_defer_async(*({} for _ in range(BATCH)))
+        await asyncio.to_thread(stop.wait)
+        # Cancelling the task is how procrastinate's docs stop an embedded worker.
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
+
+
+# -- setup, fill and "done" in the parent -------------------------------------------------
+
+
+def _setup(contender: str, dsn: str, pool: str) -> None:
+    if contender == "harnpool store":
+        from harnpool._pg import PostgresStore
+
+        with PostgresStore.connect(dsn, pool) as store:
+            store.migrate()
+    elif contender == "pgqueuer":
+
+        async def install() -> None:
+            import asyncpg
+            from pgqueuer.db import AsyncpgDriver
+            from pgqueuer.queries import Queries
+
+            conn = await asyncpg.connect(dsn)
+            await Queries(AsyncpgDriver(conn)).install()
+            await conn.close()
+
+        asyncio.run(install())
+    else:
+
+        async def apply() -> None:
+            import procrastinate
+
+            app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=dsn))
+            async with app.open_async():
+                await app.schema_manager.apply_schema_async()
+
+        asyncio.run(apply())
+
+
+def _fill(contender: str, dsn: str, pool: str, n: int) -> None:
+    """Put ``n`` no-op tasks in the queue, a chunk of rows per statement."""
+    chunks = [min(FILL_CHUNK, n - i) for i in range(0, n, FILL_CHUNK)]
+    if contender == "harnpool store":
+        from harnpool._pg import PostgresStore
+        from harnpool._records import Status, TaskRecord
+
+        template = TaskRecord(
+            id="", seq=0, status=Status.QUEUED, submitted_at=0.0, function="p7_postgres:noop"
+        )
+        with PostgresStore.connect(dsn, pool) as store:
+            for size in chunks:
+                store.submit([template] * size)
+    elif contender == "pgqueuer":
+
+        async def enqueue() -> None:
+            import asyncpg
+            from pgqueuer.db import AsyncpgDriver
+            from pgqueuer.queries import Queries
+
+            conn = await asyncpg.connect(dsn)
+            queries = Queries(AsyncpgDriver(conn))
+            for size in chunks:
+                await queries.enqueue(["noop"] * size, [None] * size, [0] * size)
+            await conn.close()
+
+        asyncio.run(enqueue())
+    else:
+
+        async def defer() -> None:
+            import procrastinate
+
+            app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=dsn))
+
+            @app.task(name="noop", queue="bench")
+            async def noop() -> None:  # pragma: no cover - never run here
+                pass
+
+            async with app.open_async():
+                for size in chunks:
+                    await noop.batch_defer_async(*({} for _ in range(size)))
+
+        asyncio.run(defer())
+
+
+def _done(contender: str, conn: psycopg.Connection[Any], pool: str, n: int) -> int:
+    """How many of the ``n`` tasks the database shows finished (all were submitted)."""
+    if contender == "harnpool store":
+        query, params = (
+            "SELECT count(*) FROM harnpool_task WHERE pool = %s AND status = 'completed'",
+            (pool,),
+        )
+    elif contender == "pgqueuer":
+        # A finished job leaves the queue table for the log (by a buffered delete).
+        query, params = "SELECT %s - count(*) FROM pgqueuer", (n,)
+    else:
+        query, params = "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'", ()
+    row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _server_counts(conn: psycopg.Connection[Any]) -> dict[str, float]:
+    """The server's cumulative counts: commits in this database, WAL records, bytes, flushes."""
+    row = conn.execute(
+        "SELECT d.xact_commit, w.wal_records, w.wal_bytes, w.wal_sync"
+        " FROM pg_stat_database d, pg_stat_wal w WHERE d.datname = current_database()"
+    ).fetchone()
+    assert row is not None
+    return dict(zip(("commits", "wal_records", "wal_bytes", "wal_syncs"), map(float, row), strict=True))
+
+
+def _quiet(conn: psycopg.Connection[Any]) -> None:
+    """Wait until this connection is the database's only one: the others flushed their stats."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()
+        if row is not None and row[0] == 0:
+            return
+        time.sleep(0.01)
+
+
+def _scenario(
+    server: _pg_server.Server, contender: str, n: int, processes: int, drain: bool
+) -> _bench.Row:
+    dsn = server.create_database()
+    pool = "p7"
+    try:
+        _setup(contender, dsn, pool)
+        fill_rate = None
+        if drain:
+            elapsed = _bench.timed()
+            _fill(contender, dsn, pool, n)
+            fill_rate = n / elapsed()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("ANALYZE")
+            ctx = multiprocessing.get_context("spawn")
+            counter: Synchronized[int] = ctx.Value("q", 0)  # type: ignore[assignment]
+            barrier = ctx.Barrier(processes + 1)
+            stop = ctx.Event()
+            share = 0 if drain else n // processes
+            job = _Job(contender, dsn, pool, share, processes)
+            children = [
+                ctx.Process(target=_child, args=(job, counter, barrier, stop))
+                for _ in range(processes)
+            ]
+            for child in children:
+                child.start()
+            try:
+                barrier.wait(timeout=120)
+                before = _server_counts(conn)
+                elapsed = _bench.timed()
+                while counter.value < n:
+                    if any(c.exitcode is not None for c in children):
+                        raise RuntimeError(f"{contender}: a worker process exited early")
+                    if elapsed() > DEADLINE:
+                        raise RuntimeError(f"{contender}: {counter.value} of {n} ran in time")
+                    time.sleep(0.002)
+                ran = elapsed()
+                while _done(contender, conn, pool, n) < n:
+                    if elapsed() > DEADLINE:
+                        raise RuntimeError(f"{contender}: not every completion was committed")
+                    time.sleep(0.002)
+                seconds = elapsed()
+            finally:
+                stop.set()
+                barrier.abort()
+                for child in children:
+                    child.join(timeout=60)
+                    if child.exitcode is None:
+                        child.kill()
+            _quiet(conn)
+            after = _server_counts(conn)
+    finally:
+        server.drop_database(dsn)
+    per = {k: (after[k] - before[k]) / n for k in after}
+    row: _bench.Row = {
+        "scenario": "drain" if drain else "enqueue+process",
+        "processes": processes,
+        "contender": contender,
+        "tasks": n,
+        "seconds": seconds,
+        "tasks/s": n / seconds,
+        "last body ran s": ran,
+        "commits/task": per["commits"],
+        "WAL flushes/task": per["wal_syncs"],
+        "WAL records/task": per["wal_records"],
+        "WAL B/task": per["wal_bytes"],
+    }
+    if fill_rate is not None:
+        row["fill tasks/s"] = fill_rate
+    return row
+
+
+SCENARIOS = (("enqueue+process", 1, False), ("enqueue+process", 2, False), ("drain", 1, True))
+
+
+def run_once(cfg: Config, admin_dsn: str | None = None) -> Result:
+    sizes = _sizes(cfg)
+    admin_dsn = admin_dsn or os.environ.get(ADMIN_DSN_VARIABLE) or None
+    rows: list[_bench.Row] = []
+    metrics: dict[str, float] = {}
+    with _pg_server.running_server(admin_dsn) as server:
+        for label, processes, drain in SCENARIOS:
+            rates: dict[str, float] = {}
+            for contender in CONTENDERS:
+                row = _scenario(server, contender, sizes[contender], processes, drain)
+                rows.append(row)
+                rates[contender] = row["tasks/s"]
+            slug = "drain" if drain else f"enqueue_process_{processes}p"
+            for contender, rate in rates.items():
+                metrics[f"{slug}_{contender.replace(' ', '_')}_tasks_per_s"] = rate
+            metrics[f"{slug}_ratio_vs_pgqueuer"] = rates["harnpool store"] / rates["pgqueuer"]
+            metrics[f"{slug}_ratio_vs_procrastinate"] = (
+                rates["harnpool store"] / rates["procrastinate"]
+            )
+            rows.append(
+                {
+                    "scenario": label,
+                    "processes": processes,
+                    "contender": "ratios",
+                    "vs pgqueuer": metrics[f"{slug}_ratio_vs_pgqueuer"],
+                    "vs procrastinate": metrics[f"{slug}_ratio_vs_procrastinate"],
+                }
+            )
+        settings = server.settings
+        notes = [
+            f"PostgreSQL {server.version}: "
+            + ", ".join(f"{k}={settings[k]}" for k in sorted(settings)),
+            f"harnpool store / pgqueuer / procrastinate ran N = {sizes['harnpool store']:,} / "
+            f"{sizes['pgqueuer']:,} / {sizes['procrastinate']:,}",
+            "harnpool store = PostgresStore's submit/claim/finish in threads, no Pool around it",
+        ]
+    metrics["ratio_vs_pgqueuer"] = metrics["enqueue_process_1p_ratio_vs_pgqueuer"]
+    metrics["ratio_vs_procrastinate"] = metrics["enqueue_process_1p_ratio_vs_procrastinate"]
+    return Result(rows=rows, metrics=metrics, notes=notes)
+
+
+def main() -> None:
+    # procrastinate warns when its App lives in the main module, as it does here by design.
+    logging.getLogger("procrastinate").setLevel(logging.ERROR)
+    p = _bench.parser(__doc__)
+    p.add_argument(
+        "--admin-dsn",
+        default=None,
+        help="use this server (as it is configured) instead of starting a durable one",
+    )
+    args = p.parse_args()
+    cfg = _bench.config_from(args)
+    try:
+        _bench.measure(cfg, NAME, __doc__, HEADLINE, lambda c: run_once(c, args.admin_dsn))
+    finally:
+        _bench.cleanup(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
