@@ -29,8 +29,10 @@ from ._settings import (
     OnFull,
     _Settings,
     check_path,
+    check_shared,
     check_task_id,
     check_wait_timeout,
+    is_dsn,
 )
 from ._storage import Durable, Found, Storage
 from ._task import Job, Task, TaskFunction
@@ -411,8 +413,20 @@ async def open_pool(
     keep_finished: int | None = None,
     keep_finished_for: float | None = None,
     max_recoveries: int | None = 5,
+    name: str | None = None,
+    workers: int | None = None,
+    lease: float | None = None,
 ) -> AsyncIterator[Pool]:
-    """Open (or create) the durable pool whose journal is at ``path``.
+    """Open (or create) the durable pool whose journal is at ``path``, or the pool
+    ``name`` in the PostgreSQL database ``path`` names.
+
+    A ``path`` starting with ``postgresql://`` or ``postgres://`` is a
+    database: many processes, on many hosts, open the same pool there and
+    share its tasks, its keys and its ``max_concurrent`` limit (see the
+    README's "PostgreSQL" section). Only functions another process can find
+    run there: registered ones (:func:`harnpool.task`) and module-level
+    functions; the settings it cannot honour (a ``strategy`` other than
+    ``"priority"``, ``max_queued``, ``on_full``, ``aging``) are refused.
 
     Opening locks the journal, replays it, and compacts it: tasks a crash
     interrupted while running are queued again at their original place, queued
@@ -458,6 +472,17 @@ async def open_pool(
             of dropped tasks no longer deduplicate.
         keep_finished_for: Drop finished tasks older than this many seconds
             when the journal is compacted on open.
+        name: PostgreSQL only: the pool's name within the database
+            (default ``"default"``).
+        workers: PostgreSQL only: how many tasks this process runs at once
+            (default: ``max_concurrent``); 0 opens a client that only
+            submits, waits and cancels.
+        lease: PostgreSQL only: seconds a task this process claimed stays
+            its own without renewal (default 30). Leases are renewed every
+            ``lease / 3`` seconds; a process that cannot renew them for
+            ``lease`` seconds stops those tasks, and a lease that expired is
+            reclaimed by the next claim of any process, which counts a
+            recovery against ``max_recoveries``.
         max_recoveries: How many times crashes may interrupt a task's runs.
             A task found ``running`` on open was interrupted by the death of its
             process; once that has happened more than this many times it is
@@ -487,8 +512,15 @@ async def open_pool(
         ValueError: A setting is out of range: counts below their minimum or
             beyond 64 bits, seconds negative (or 0 for ``aging`` and
             ``timeout``), NaN or infinite, ``retry_backoff_max`` below
-            ``retry_backoff``, an unknown ``on_full`` or ``strategy``, or an
-            empty ``path`` or one holding a NUL.
+            ``retry_backoff``, an unknown ``on_full`` or ``strategy``, an
+            empty ``path`` or one holding a NUL; ``name``, ``workers`` or
+            ``lease`` given with a journal path; with a database, a setting
+            a shared pool does not support.
+        TypeError: With a database, a function another process cannot find
+            (a lambda, a closure, a bound method, a partial) is refused at
+            submit.
+        DatabaseError: The database cannot be reached or failed.
+        SchemaVersionError: A newer harnpool created the database's schema.
 
     Every setting is checked before the journal is locked or read, so a wrong
     one leaves the file as it was; if opening fails after the lock was taken,
@@ -511,6 +543,17 @@ async def open_pool(
         keep_finished_for=keep_finished_for,
         max_recoveries=max_recoveries,
     )
+    shared = check_shared(is_dsn(path), name, workers, lease, settings)
+    if shared is not None:
+        try:
+            from ._shared import serve_shared
+        except ImportError as exc:
+            raise ImportError(
+                f"a pool on PostgreSQL needs psycopg ({exc}): install harnpool[postgres]"
+            ) from exc
+        async with serve_shared(path, settings, shared) as shared_pool:
+            yield shared_pool
+        return
     async with serve(JournalStorage(path), settings) as pool:
         yield pool
 

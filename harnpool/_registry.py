@@ -14,7 +14,7 @@ import msgspec
 from ._cache import WeakCache
 from ._errors import ArgumentsNotEncodableError
 
-__all__ = ["decode_args", "encode_args", "lookup", "registered_name", "task"]
+__all__ = ["decode_args", "encode_args", "lookup", "registered_name", "resolve", "task"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -87,15 +87,40 @@ def lookup(name: str) -> Callable[..., Any] | None:
     return fn
 
 
-def encode_args(fn: Callable[..., Any], args: tuple[Any, ...]) -> msgspec.Raw:
-    """Encode a registered task's arguments, or refuse them before anything is written."""
+def resolve(name: str) -> Callable[..., Any] | None:
+    """Find a function by its stored name: a registered one, else ``module:qualname`` imported.
+
+    None if the module cannot be imported or holds no callable by that name.
+    """
+    fn = lookup(name)
+    if fn is not None or ":" not in name:
+        return fn
+    module, _, qualname = name.partition(":")
+    try:
+        found: object = importlib.import_module(module)
+    except ImportError:
+        return None
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+        if found is None:
+            return None
+    return found if callable(found) else None
+
+
+def encode_args(
+    fn: Callable[..., Any], args: tuple[Any, ...], name: str | None = None
+) -> msgspec.Raw:
+    """Encode a stored task's arguments, or refuse them before anything is written.
+
+    ``name`` is the function's stored name when it is not registered.
+    """
     try:
         return msgspec.Raw(_encoder.encode(args))
     except Exception as exc:  # also RecursionError, and errors from code msgspec calls
         kinds = ", ".join(sorted({f"{type(a).__module__}.{type(a).__qualname__}" for a in args}))
         raise ArgumentsNotEncodableError(
-            f"the arguments of {registered_name(fn)!r} cannot be stored as JSON "
-            f"(types: {kinds}): {exc}; registered tasks need arguments msgspec can encode"
+            f"the arguments of {name or registered_name(fn)!r} cannot be stored as JSON "
+            f"(types: {kinds}): {exc}; stored tasks need arguments msgspec can encode"
         ) from exc
 
 

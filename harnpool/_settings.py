@@ -25,12 +25,15 @@ __all__ = [
     "OnFull",
     "TaskOptions",
     "_Settings",
+    "_SharedSettings",
     "_check_retry",
     "_retry_names",
     "check_path",
+    "check_shared",
     "check_task_id",
     "check_task_options",
     "check_wait_timeout",
+    "is_dsn",
 ]
 
 OnFull = Literal["block", "reject", "drop_oldest", "drop_newest"]
@@ -248,3 +251,81 @@ class _Settings:
             raise ValueError(f"aging must be a usable number of seconds, not {aging!r}")
         for name, value in values.items():
             object.__setattr__(self, name, value)
+
+
+#: What opens a PostgreSQL pool rather than a journal.
+DSN_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_dsn(path: object) -> bool:
+    """Whether ``open_pool``'s first argument names a PostgreSQL database."""
+    return isinstance(path, str) and path.startswith(DSN_SCHEMES)
+
+
+@dataclass(frozen=True, slots=True)
+class _SharedSettings:
+    """The settings only a pool shared through PostgreSQL has, checked."""
+
+    #: The pool's name within the database.
+    name: str
+    #: How many tasks this process runs at once (0: it only submits and waits).
+    workers: int
+    #: Seconds a claimed task stays owned without renewal.
+    lease: float
+
+
+def check_shared(
+    dsn: bool, name: object, workers: object, lease: object, settings: _Settings
+) -> _SharedSettings | None:
+    """Check the settings of a shared pool; refuse them, and what it cannot honour, otherwise.
+
+    Args:
+        dsn: Whether the pool is opened on a database (else on a journal).
+
+    Returns:
+        The shared settings with their defaults filled in, or None for a journal.
+
+    Raises:
+        TypeError: ``name`` is not a str or None, ``workers`` not an int or
+            None, ``lease`` not a number of seconds or None.
+        ValueError: A value is out of range (an empty ``name``, or one with a
+            NUL; ``workers`` below 0; ``lease`` not above 0), a shared setting
+            was given with a journal path, or a setting the shared pool cannot
+            honour was given with a DSN.
+    """
+    checked_name = _text("name", name)
+    if checked_name is not None and (not checked_name or "\0" in checked_name):
+        raise ValueError("name must be a non-empty str without NUL characters")
+    checked_workers = _int("workers", workers, minimum=0, optional=True)
+    checked_lease = _seconds("lease", lease, positive=True, optional=True)
+    if not dsn:
+        given = [
+            n for n, v in (("name", name), ("workers", workers), ("lease", lease)) if v is not None
+        ]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} given with a journal path: name, workers and lease "
+                "apply only to a pool opened on a PostgreSQL database (a postgresql:// DSN)"
+            )
+        return None
+    refused = [
+        f"{n}={v!r}"
+        for n, v, default in (
+            ("strategy", settings.strategy, "priority"),
+            ("on_full", settings.on_full, "block"),
+            ("max_queued", settings.max_queued, None),
+            ("aging", settings.aging, None),
+        )
+        if v != default
+    ]
+    if refused:
+        raise ValueError(
+            f"{', '.join(refused)}: a pool shared through PostgreSQL does not support "
+            "this; it runs tasks by priority, then in submission order, with an unbounded "
+            "queue"
+        )
+    return _SharedSettings(
+        name="default" if checked_name is None else checked_name,
+        workers=settings.max_concurrent if checked_workers is None else checked_workers,
+        lease=30.0 if checked_lease is None else checked_lease,
+    )

@@ -60,7 +60,7 @@ _COLUMNS: Final = (
     "seq, status, date_part('epoch', submitted_at), priority, key, function,"
     " date_part('epoch', started_at), date_part('epoch', finished_at), attempts, result,"
     " error_type, error_message, name, args, task_group, retries, retry_on, timeout,"
-    " date_part('epoch', not_before), reason"
+    " date_part('epoch', not_before), reason, recoveries"
 )
 
 _LOCK: Final = "SELECT pg_advisory_xact_lock(%s, hashtext(%s))"
@@ -196,6 +196,19 @@ FROM done
 """
 
 
+_FINAL: Final = "status IN ('completed', 'failed', 'rejected', 'cancelled')"
+
+# Finished tasks beyond the newest `keep`, or finished more than `keep_for` seconds ago.
+_PRUNE: Final = f"""
+DELETE FROM harnpool_task WHERE pool = %(pool)s AND seq = any(array(
+    SELECT seq FROM harnpool_task WHERE pool = %(pool)s AND {_FINAL}
+        AND (finished_at < statement_timestamp() - make_interval(secs => %(keep_for)s::float8)
+            OR %(keep)s::bigint IS NOT NULL AND seq IN (
+                SELECT seq FROM harnpool_task WHERE pool = %(pool)s AND {_FINAL}
+                ORDER BY finished_at DESC, seq DESC OFFSET %(keep)s::bigint))))
+"""
+
+
 class Claim(msgspec.Struct, frozen=True, kw_only=True):
     """What one claim did.
 
@@ -277,7 +290,7 @@ def _fields(record: TaskRecord) -> tuple[Any, ...]:
 def _record(row: TupleRow) -> TaskRecord:
     (seq, status, submitted, priority, key, function, started, finished, attempts, result,
      error_type, error_message, name, args, group, retries, retry_on, timeout, not_before,
-     reason) = row[:20]  # fmt: skip
+     reason, recoveries) = row[:21]  # fmt: skip
     return TaskRecord(
         id=f"t{seq}",
         seq=seq,
@@ -300,6 +313,7 @@ def _record(row: TupleRow) -> TaskRecord:
         timeout=timeout,
         not_before=not_before,
         reason=reason,
+        recoveries=recoveries,
     )
 
 
@@ -491,6 +505,22 @@ class PostgresStore:
             ValueError: A record's priority does not fit in 64 bits.
             DatabaseError: The database failed; nothing was stored.
         """
+        return [record for record, _ in self.submit_marked(records)]
+
+    def submit_marked(self, records: Sequence[TaskRecord]) -> list[tuple[TaskRecord, bool]]:
+        """Store new tasks in one transaction, deduplicated by key, and notify listeners.
+
+        Each record's ``id``, ``seq``, ``status``, ``attempts`` and times are
+        ignored: the database numbers the task and stamps ``submitted_at``.
+
+        Returns:
+            What :meth:`submit` returns, each record paired with True if
+            this call stored it, False if its key was already held.
+
+        Raises:
+            ValueError: A record's priority does not fit in 64 bits.
+            DatabaseError: The database failed; nothing was stored.
+        """
         if not records:
             return []
         for record in records:
@@ -530,7 +560,7 @@ class PostgresStore:
             if inserted:
                 cur.execute("SELECT pg_notify(%s, 'queued')", (self.channel,))
         return [
-            inserted[seq] if seq in inserted else holders[record.key]
+            (inserted[seq], True) if seq in inserted else (holders[record.key], False)
             for record, seq in zip(records, seqs, strict=True)
         ]
 
@@ -757,6 +787,30 @@ class PostgresStore:
         counts = dict.fromkeys(Status, 0)
         counts.update((Status(status), n) for status, n in rows)
         return counts
+
+    def prune(self, *, keep: int | None, keep_for: float | None) -> int:
+        """Delete finished tasks: all but the ``keep`` newest, and those finished over
+        ``keep_for`` seconds ago (None: no such limit). Their keys no longer deduplicate.
+
+        Returns:
+            How many tasks were deleted.
+
+        Raises:
+            TypeError, ValueError: An argument has the wrong type or value.
+            DatabaseError: The database failed; nothing was deleted.
+        """
+        if keep is not None:
+            _check_int(keep, "keep", 0)
+        if keep_for is not None:
+            keep_for = _check_seconds(keep_for, "keep_for")
+        if keep is None and keep_for is None:
+            return 0
+        with self._connection("dropping finished tasks") as conn:
+            cur = conn.execute(
+                _PRUNE,
+                {"pool": self.name, "keep": keep, "keep_for": keep_for},
+            )
+            return cur.rowcount
 
     def lease(self, task_id: str) -> Lease:
         """The sharing state of one task: owner, lease, recoveries, cancel asked.

@@ -1,4 +1,4 @@
-"""One fixture that opens a pool on each storage: the journal, and memory.
+"""One fixture that opens a pool on each storage: the journal, memory, and PostgreSQL.
 
 A new storage joins the shared suite by adding a parameter here.
 """
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from harnpool import Pool
+from harnpool import Pool, open_pool
 from harnpool._journal_storage import JournalStorage
 from harnpool._memory import MemoryStorage
 from harnpool._pool import serve
@@ -23,9 +23,18 @@ from harnpool._storage import Storage
 OpenOn = Callable[..., contextlib.AbstractAsyncContextManager[Pool]]
 
 
-@pytest.fixture(params=["journal", "memory"])
+@pytest.fixture(params=["journal", "memory", "postgres"])
 def open_on(request: pytest.FixtureRequest, tmp_path: Path) -> OpenOn:
     make: Callable[[], Storage]
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("postgres_url")
+        name: str = request.getfixturevalue("pool_name")
+
+        def open_shared(**settings: Any) -> contextlib.AbstractAsyncContextManager[Pool]:
+            settings.setdefault("max_concurrent", 1)
+            return open_pool(url, name=name, **settings)
+
+        return open_shared
     if request.param == "journal":
         path = str(tmp_path / "pool.jsonl")
 
@@ -42,3 +51,9 @@ def open_on(request: pytest.FixtureRequest, tmp_path: Path) -> OpenOn:
         return serve(make(), _Settings(**settings))
 
     return opener
+
+
+def only_exclusive(open_on: OpenOn, reason: str) -> None:
+    """Skip a test of a storage owned by one pool at a time on a shared one."""
+    if getattr(open_on, "__name__", "") == "open_shared":
+        pytest.skip(f"PostgreSQL pools are shared by many processes: {reason}")

@@ -1,0 +1,302 @@
+"""A pool shared through PostgreSQL: several pools on one name, in one process.
+
+Each ``open_pool`` on the same database and name stands for another process:
+it has its own owner, connections, listener and workers. What two real
+processes do is the same, through the database alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+from structlog.testing import capture_logs
+
+import harnpool
+from harnpool import Job, Status
+
+psycopg = pytest.importorskip("psycopg")
+
+from harnpool._pg import PostgresStore  # noqa: E402
+from harnpool._records import TaskRecord  # noqa: E402
+
+_state: dict[str, Any] = {}
+
+
+@pytest.fixture
+def token() -> Iterator[str]:
+    token = uuid.uuid4().hex
+    yield token
+    for key in [k for k in _state if k.startswith(token)]:
+        del _state[key]
+
+
+def event(token: str, name: str) -> anyio.Event:
+    made = _state[token + name] = anyio.Event()
+    return made
+
+
+async def double(n: int) -> int:
+    return n * 2
+
+
+def pair(n: int) -> tuple[int, str]:
+    return n, str(n)
+
+
+async def held(token: str, value: str) -> str:
+    _state[token + "started"].set()
+    await _state[token + "gate"].wait()
+    return value
+
+
+async def stuck(token: str) -> None:
+    _state[token + "started"].set()
+    await anyio.sleep_forever()
+
+
+async def second_run_returns(token: str) -> str:
+    runs = _state.setdefault(token + "runs", [])
+    runs.append(1)
+    if len(runs) == 1:
+        _state[token + "started"].set()
+        await anyio.sleep_forever()
+    return "second run"
+
+
+async def tracked(token: str) -> None:
+    now = _state[token + "now"] = _state.get(token + "now", 0) + 1
+    _state[token + "most"] = max(now, _state.get(token + "most", 0))
+    try:
+        await anyio.sleep(0.02)  # so that tasks overlap when nothing stops them
+    finally:
+        _state[token + "now"] -= 1
+
+
+@harnpool.task(name="tests.pg.registered")
+async def registered(n: int) -> int:
+    return n + 1
+
+
+class Holder:
+    async def method(self) -> None:
+        pass
+
+
+@pytest.fixture
+def open_shared(postgres_url: str, pool_name: str) -> Any:
+    """``open_pool`` on this test's pool: each call stands for one more process."""
+    return functools.partial(harnpool.open_pool, postgres_url, name=pool_name)
+
+
+def _run(dsn: str, query: str, params: Any) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(query, params)
+
+
+class TestSharing:
+    async def test_a_client_submits_and_another_pool_runs_it(self, open_shared: Any) -> None:
+        with anyio.fail_after(20):
+            async with open_shared(workers=0) as client:
+                assert isinstance(client, harnpool.Pool)
+                task_id = await client.submit(double, 21)
+                assert client.info(task_id).status is Status.QUEUED
+                async with open_shared(max_concurrent=2) as worker:
+                    assert await client.wait(task_id) == 42
+                    assert await worker.wait(task_id) == 42
+                assert client.statistics().completed == 1
+
+    async def test_a_client_alone_runs_nothing_and_leaves_at_once(self, open_shared: Any) -> None:
+        with anyio.fail_after(20):
+            async with open_shared(workers=0) as client:
+                task_id = await client.submit(double, 1)
+            async with open_shared(workers=0) as client:
+                assert client.info(task_id).status is Status.QUEUED
+                assert client.statistics().workers == 0
+
+    async def test_a_result_is_typed_by_the_function_wherever_it_ran(
+        self, open_shared: Any
+    ) -> None:
+        with anyio.fail_after(20):
+            async with open_shared(workers=0) as client, open_shared() as worker:
+                plain = await client.submit(pair, 3)
+                named = await client.submit(registered, 1)
+                assert await client.wait(plain) == (3, "3")
+                assert await worker.wait(named) == 2
+                assert client.info(named).name == "tests.pg.registered"
+                assert client.info(plain).name == f"{__name__}:pair"
+
+    async def test_the_limit_holds_across_pools(self, open_shared: Any, token: str) -> None:
+        with anyio.fail_after(30):
+            async with (
+                open_shared(max_concurrent=2, workers=4) as one,
+                open_shared(max_concurrent=2, workers=4) as two,
+            ):
+                ids = await one.submit_many(Job(tracked, token) for _ in range(16))
+                for task_id in ids:
+                    await two.wait(task_id)
+        assert _state[token + "most"] == 2
+
+    async def test_a_key_runs_once_across_pools(self, open_shared: Any) -> None:
+        with anyio.fail_after(20):
+            async with open_shared(workers=0) as one, open_shared(workers=0) as two:
+                first = await one.submit(double, 1, key="k")
+                assert await two.submit(double, 2, key="k") == first
+                ids = await two.submit_many([Job(double, 3, key="k"), Job(double, 4, key="j")])
+                assert ids[0] == first
+                assert ids[1] != first
+                assert one.statistics().queued == 2
+
+
+class TestLeases:
+    async def test_an_abandoned_task_is_reclaimed_once_its_lease_expires(
+        self, open_shared: Any, token: str
+    ) -> None:
+        started = event(token, "started")
+        with anyio.fail_after(20):
+            with pytest.raises(RuntimeError, match="leaving"):
+                async with open_shared(lease=1) as gone:
+                    task_id = await gone.submit(second_run_returns, token)
+                    await started.wait()
+                    raise RuntimeError("leaving")
+            with capture_logs() as logs:
+                async with open_shared(lease=1) as pool:
+                    assert await pool.wait(task_id) == "second run"
+                    info = pool.info(task_id)
+        assert (info.attempts, info.recoveries) == (2, 1)
+        assert any(e["event"] == "task.recovered" and e["task_id"] == task_id for e in logs)
+
+    async def test_a_stale_owners_result_is_discarded(
+        self, open_shared: Any, postgres_dsn: str, pool_name: str, token: str
+    ) -> None:
+        started, gate = event(token, "started"), event(token, "gate")
+        with anyio.fail_after(20), capture_logs() as logs:
+            async with open_shared() as pool:
+                task_id = await pool.submit(held, token, "stale")
+                await started.wait()
+                # Another process reclaims the lease and records its own result.
+                _run(
+                    postgres_dsn,
+                    "UPDATE harnpool_task SET lease_until = now() - interval '1 second'"
+                    " WHERE pool = %s AND status = 'running'",
+                    (pool_name,),
+                )
+                with PostgresStore.connect(postgres_dsn, pool_name) as thief:
+                    claimed = thief.claim("thief", limit=1, lease=30, max_concurrent=1)
+                    (record,) = claimed.started
+                    thief.finish(
+                        TaskRecord(
+                            id=record.id,
+                            seq=record.seq,
+                            status=Status.COMPLETED,
+                            submitted_at=0.0,
+                            attempts=record.attempts,
+                            result=msgspec.Raw(b'"thief"'),
+                        ),
+                        owner="thief",
+                    )
+                gate.set()
+                assert await pool.wait(task_id) == "thief"
+        assert any(e["event"] == "task.lease_lost" and e["task_id"] == task_id for e in logs)
+
+
+class TestCancel:
+    async def test_a_task_running_in_another_pool_is_cancelled(
+        self, open_shared: Any, token: str
+    ) -> None:
+        started = event(token, "started")
+        with anyio.fail_after(20):
+            async with open_shared(workers=0) as client, open_shared() as worker:
+                task_id = await client.submit(stuck, token)
+                await started.wait()
+                assert await client.cancel(task_id)
+                with pytest.raises(harnpool.TaskCancelled):
+                    await worker.wait(task_id)
+                assert client.info(task_id).status is Status.CANCELLED
+                assert not await client.cancel(task_id)
+
+
+class TestRefusals:
+    async def test_functions_no_other_process_can_find_are_refused(self, open_shared: Any) -> None:
+        async def closure() -> None:
+            pass
+
+        refused: list[Any] = [
+            lambda: None,
+            closure,
+            Holder().method,
+            functools.partial(double, 1),
+        ]
+        async with open_shared(workers=0) as pool:
+            for fn in refused:
+                with pytest.raises(TypeError, match="another process must find the function"):
+                    await pool.submit(fn)
+            assert pool.statistics().queued == 0
+
+    @pytest.mark.parametrize(
+        ("setting", "value"),
+        [
+            ("strategy", "fifo"),
+            ("max_queued", 5),
+            ("on_full", "reject"),
+            ("aging", 1.0),
+        ],
+    )
+    async def test_settings_it_cannot_honour_are_refused_before_opening(
+        self, setting: str, value: object
+    ) -> None:
+        unreachable = "postgresql://nobody@/none?host=/nonexistent-harnpool"
+        options: dict[str, Any] = {setting: value}
+        with pytest.raises(ValueError, match=setting):
+            async with harnpool.open_pool(unreachable, **options):
+                pass  # pragma: no cover - never opened
+
+    @pytest.mark.parametrize(
+        ("setting", "value", "error"),
+        [
+            ("name", "p", ValueError),
+            ("workers", 1, ValueError),
+            ("lease", 5.0, ValueError),
+            ("name", 3, TypeError),
+            ("workers", True, TypeError),
+            ("lease", "5", TypeError),
+        ],
+    )
+    async def test_shared_settings_with_a_journal_are_refused(
+        self, tmp_path: Path, setting: str, value: object, error: type[Exception]
+    ) -> None:
+        path = tmp_path / "pool.jsonl"
+        options: dict[str, Any] = {setting: value}
+        with pytest.raises(error, match=setting):
+            async with harnpool.open_pool(path, **options):
+                pass  # pragma: no cover - never opened
+        assert not path.exists()
+
+    @pytest.mark.parametrize(
+        ("setting", "value", "error"),
+        [
+            ("name", "", ValueError),
+            ("workers", -1, ValueError),
+            ("lease", 0, ValueError),
+            ("lease", float("nan"), ValueError),
+        ],
+    )
+    async def test_shared_settings_out_of_range_are_refused(
+        self, setting: str, value: object, error: type[Exception]
+    ) -> None:
+        unreachable = "postgresql://nobody@/none?host=/nonexistent-harnpool"
+        options: dict[str, Any] = {setting: value}
+        with pytest.raises(error, match=setting):
+            async with harnpool.open_pool(unreachable, **options):
+                pass  # pragma: no cover - never opened
+
+    async def test_an_unreachable_database_is_a_database_error(self) -> None:
+        with pytest.raises(harnpool.DatabaseError):
+            async with harnpool.open_pool("postgresql://nobody@/none?host=/nonexistent-harnpool"):
+                pass  # pragma: no cover - never opened
