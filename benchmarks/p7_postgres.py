@@ -14,12 +14,18 @@ together on a barrier, so imports and connections are not timed):
 - ``drain``: N tasks are put in the queue first (the fill rate is reported
   apart), then one process runs them.
 
-The clock stops when the database shows all N tasks finished (committed), not
-when the last task body ran: pgqueuer buffers its completions, and a
-completion still in a buffer is not durable.
+The clock starts when every process is ready and stops when the database
+shows all N tasks finished (committed), not when the last task body ran:
+pgqueuer buffers its completions, and a completion still in a buffer is not
+durable. Each contender's worker start-up (harnpool's ``open_pool``,
+pgqueuer's ``run``, procrastinate's ``run_worker_async``) is inside the timing.
 
 The contenders, each used as its documentation shows:
 
+- harnpool: ``open_pool(dsn, name=..., max_concurrent=10 * processes,
+  workers=10)`` in each process, ``submit_many`` with 10 jobs at a time; the
+  task is a module-level ``async def``. The fill uses a client
+  (``workers=0``).
 - harnpool's SQL layer (``PostgresStore``, labelled ``harnpool store``): in
   each process a producer thread calls ``submit`` with 10 records at a time; a
   claimer thread calls ``claim`` for as many tasks as it has free workers (at
@@ -79,14 +85,25 @@ DEADLINE = 600.0
 #: What run_all passes: an existing server to use instead of starting one.
 ADMIN_DSN_VARIABLE = "HARNPOOL_BENCH_PG_DSN"
 
-CONTENDERS = ("harnpool store", "pgqueuer", "procrastinate")
+CONTENDERS = ("harnpool", "harnpool store", "pgqueuer", "procrastinate")
+#: The pool's name in every harnpool database.
+POOL = "p7"
+
+#: The worker process's task counter, for ``noop``.
+_counter: Synchronized[int] | None = None
+
+
+async def noop() -> None:
+    """harnpool's task: module-level, so every process of the pool finds it by name."""
+    assert _counter is not None
+    _bump(_counter)
 
 
 def _sizes(cfg: Config) -> dict[str, int]:
     """N per contender: procrastinate is an order of magnitude slower."""
     if cfg.quick:
-        return {"harnpool store": 200, "pgqueuer": 200, "procrastinate": 100}
-    return {"harnpool store": 10_000, "pgqueuer": 10_000, "procrastinate": 2_000}
+        return {"harnpool": 200, "harnpool store": 200, "pgqueuer": 200, "procrastinate": 100}
+    return {"harnpool": 5_000, "harnpool store": 5_000, "pgqueuer": 5_000, "procrastinate": 1_000}
 
 
 # -- worker processes ---------------------------------------------------------------------
@@ -110,6 +127,7 @@ def _child(
     job: _Job, counter: Synchronized[int], barrier: Barrier, stop: Event
 ) -> None:  # pragma: no cover - runs in a spawned process
     runners: dict[str, Callable[[_Job, Synchronized[int], Barrier, Event], None]] = {
+        "harnpool": lambda *a: asyncio.run(_harnpool(*a)),
         "harnpool store": _harnpool_store,
         "pgqueuer": lambda *a: asyncio.run(_pgqueuer(*a)),
         "procrastinate": lambda *a: asyncio.run(_procrastinate(*a)),
@@ -119,6 +137,20 @@ def _child(
     except BaseException:
         barrier.abort()
         raise
+
+
+async def _harnpool(job: _Job, counter: Synchronized[int], barrier: Barrier, stop: Event) -> None:
+    import harnpool
+
+    global _counter
+    _counter = counter
+    await asyncio.to_thread(barrier.wait)
+    async with harnpool.open_pool(
+        job.dsn, name=job.pool, max_concurrent=WORKERS * job.processes, workers=WORKERS
+    ) as pool:
+        for _ in range(job.produce // BATCH):
+            await pool.submit_many([harnpool.Job(noop) for _ in range(BATCH)])
+        await asyncio.to_thread(stop.wait)
 
 
 def _harnpool_store(job: _Job, counter: Synchronized[int], barrier: Barrier, stop: Event) -> None:
@@ -248,7 +280,7 @@ async def _procrastinate(
 
 
 def _setup(contender: str, dsn: str, pool: str) -> None:
-    if contender == "harnpool store":
+    if contender.startswith("harnpool"):
         from harnpool._pg import PostgresStore
 
         with PostgresStore.connect(dsn, pool) as store:
@@ -280,7 +312,17 @@ def _setup(contender: str, dsn: str, pool: str) -> None:
 def _fill(contender: str, dsn: str, pool: str, n: int) -> None:
     """Put ``n`` no-op tasks in the queue, a chunk of rows per statement."""
     chunks = [min(FILL_CHUNK, n - i) for i in range(0, n, FILL_CHUNK)]
-    if contender == "harnpool store":
+    if contender == "harnpool":
+
+        async def submit() -> None:
+            import harnpool
+
+            async with harnpool.open_pool(dsn, name=pool, workers=0) as client:
+                for size in chunks:
+                    await client.submit_many([harnpool.Job(noop) for _ in range(size)])
+
+        asyncio.run(submit())
+    elif contender == "harnpool store":
         from harnpool._pg import PostgresStore
         from harnpool._records import Status, TaskRecord
 
@@ -324,7 +366,7 @@ def _fill(contender: str, dsn: str, pool: str, n: int) -> None:
 
 def _done(contender: str, conn: psycopg.Connection[Any], pool: str, n: int) -> int:
     """How many of the ``n`` tasks the database shows finished (all were submitted)."""
-    if contender == "harnpool store":
+    if contender.startswith("harnpool"):
         query, params = (
             "SELECT count(*) FROM harnpool_task WHERE pool = %s AND status = 'completed'",
             (pool,),
@@ -366,7 +408,7 @@ def _scenario(
     server: _pg_server.Server, contender: str, n: int, processes: int, drain: bool
 ) -> _bench.Row:
     dsn = server.create_database()
-    pool = "p7"
+    pool = POOL
     try:
         _setup(contender, dsn, pool)
         fill_rate = None
@@ -452,26 +494,28 @@ def run_once(cfg: Config, admin_dsn: str | None = None) -> Result:
             slug = "drain" if drain else f"enqueue_process_{processes}p"
             for contender, rate in rates.items():
                 metrics[f"{slug}_{contender.replace(' ', '_')}_tasks_per_s"] = rate
-            metrics[f"{slug}_ratio_vs_pgqueuer"] = rates["harnpool store"] / rates["pgqueuer"]
-            metrics[f"{slug}_ratio_vs_procrastinate"] = (
-                rates["harnpool store"] / rates["procrastinate"]
-            )
-            rows.append(
-                {
-                    "scenario": label,
-                    "processes": processes,
-                    "contender": "ratios",
-                    "vs pgqueuer": metrics[f"{slug}_ratio_vs_pgqueuer"],
-                    "vs procrastinate": metrics[f"{slug}_ratio_vs_procrastinate"],
-                }
-            )
+            for mine, label_ in (("harnpool", ""), ("harnpool store", "store_")):
+                metrics[f"{slug}_{label_}ratio_vs_pgqueuer"] = rates[mine] / rates["pgqueuer"]
+                metrics[f"{slug}_{label_}ratio_vs_procrastinate"] = (
+                    rates[mine] / rates["procrastinate"]
+                )
+            for mine, label_ in (("harnpool", ""), ("harnpool store", "store_")):
+                rows.append(
+                    {
+                        "scenario": label,
+                        "processes": processes,
+                        "contender": f"{mine} ratio",
+                        "vs pgqueuer": metrics[f"{slug}_{label_}ratio_vs_pgqueuer"],
+                        "vs procrastinate": metrics[f"{slug}_{label_}ratio_vs_procrastinate"],
+                    }
+                )
         settings = server.settings
         notes = [
             f"PostgreSQL {server.version}: "
             + ", ".join(f"{k}={settings[k]}" for k in sorted(settings)),
-            f"harnpool store / pgqueuer / procrastinate ran N = {sizes['harnpool store']:,} / "
-            f"{sizes['pgqueuer']:,} / {sizes['procrastinate']:,}",
-            "harnpool store = PostgresStore's submit/claim/finish in threads, no Pool around it",
+            "N per contender: " + ", ".join(f"{c} {n:,}" for c, n in sizes.items()),
+            "harnpool = open_pool on the database; harnpool store = PostgresStore's"
+            " submit/claim/finish in threads, no Pool around it",
         ]
     metrics["ratio_vs_pgqueuer"] = metrics["enqueue_process_1p_ratio_vs_pgqueuer"]
     metrics["ratio_vs_procrastinate"] = metrics["enqueue_process_1p_ratio_vs_procrastinate"]
