@@ -101,7 +101,13 @@ def _uri(dsn: str) -> str:
 
 
 def _describe(admin_dsn: str, data_directory: str | None) -> Server:
-    names = ("fsync", "synchronous_commit", "full_page_writes", "wal_sync_method", "max_connections")
+    names = (
+        "fsync",
+        "synchronous_commit",
+        "full_page_writes",
+        "wal_sync_method",
+        "max_connections",
+    )
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         rows = conn.execute(
             "SELECT name, setting FROM pg_settings WHERE name = any(%s)", (list(names),)

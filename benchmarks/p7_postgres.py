@@ -50,14 +50,12 @@ closed: what each design costs the database.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import multiprocessing
 import os
 import queue
-import sys
 import threading
 import time
 import uuid
@@ -366,6 +364,8 @@ def _fill(contender: str, dsn: str, pool: str, n: int) -> None:
 
 def _done(contender: str, conn: psycopg.Connection[Any], pool: str, n: int) -> int:
     """How many of the ``n`` tasks the database shows finished (all were submitted)."""
+    query: str
+    params: tuple[object, ...]
     if contender.startswith("harnpool"):
         query, params = (
             "SELECT count(*) FROM harnpool_task WHERE pool = %s AND status = 'completed'",
@@ -388,7 +388,9 @@ def _server_counts(conn: psycopg.Connection[Any]) -> dict[str, float]:
         " FROM pg_stat_database d, pg_stat_wal w WHERE d.datname = current_database()"
     ).fetchone()
     assert row is not None
-    return dict(zip(("commits", "wal_records", "wal_bytes", "wal_syncs"), map(float, row), strict=True))
+    return dict(
+        zip(("commits", "wal_records", "wal_bytes", "wal_syncs"), map(float, row), strict=True)
+    )
 
 
 def _quiet(conn: psycopg.Connection[Any]) -> None:
@@ -419,7 +421,7 @@ def _scenario(
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("ANALYZE")
             ctx = multiprocessing.get_context("spawn")
-            counter: Synchronized[int] = ctx.Value("q", 0)  # type: ignore[assignment]
+            counter: Synchronized[int] = ctx.Value("q", 0)
             barrier = ctx.Barrier(processes + 1)
             stop = ctx.Event()
             share = 0 if drain else n // processes
@@ -480,6 +482,8 @@ SCENARIOS = (("enqueue+process", 1, False), ("enqueue+process", 2, False), ("dra
 
 
 def run_once(cfg: Config, admin_dsn: str | None = None) -> Result:
+    # procrastinate warns when its App lives in the main module, as it does here by design.
+    logging.getLogger("procrastinate").setLevel(logging.ERROR)
     sizes = _sizes(cfg)
     admin_dsn = admin_dsn or os.environ.get(ADMIN_DSN_VARIABLE) or None
     rows: list[_bench.Row] = []
@@ -523,8 +527,6 @@ def run_once(cfg: Config, admin_dsn: str | None = None) -> Result:
 
 
 def main() -> None:
-    # procrastinate warns when its App lives in the main module, as it does here by design.
-    logging.getLogger("procrastinate").setLevel(logging.ERROR)
     p = _bench.parser(__doc__)
     p.add_argument(
         "--admin-dsn",
@@ -540,4 +542,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
