@@ -84,6 +84,16 @@ DEADLINE = 600.0
 ADMIN_DSN_VARIABLE = "HARNPOOL_BENCH_PG_DSN"
 
 CONTENDERS = ("harnpool", "harnpool store", "pgqueuer", "procrastinate")
+#: With ``--prototype``: the store's claim and submit, but outcomes recorded by
+#: group commit (see _GROUP_FINISH); SQL written here, not harnpool's.
+PROTOTYPE = "group finish (prototype)"
+
+# The store's guarded finish without its per-task NOTIFY; many run in one transaction.
+_GROUP_FINISH = """
+UPDATE harnpool_task SET status = 'completed', result = 'null',
+    finished_at = statement_timestamp(), owner = NULL, lease_until = NULL
+WHERE pool = %s AND seq = %s AND status = 'running' AND attempts = %s AND owner = %s
+"""
 #: The pool's name in every harnpool database.
 POOL = "p7"
 
@@ -99,9 +109,13 @@ async def noop() -> None:
 
 def _sizes(cfg: Config) -> dict[str, int]:
     """N per contender: procrastinate is an order of magnitude slower."""
+    sizes: dict[str, int]
     if cfg.quick:
-        return {"harnpool": 200, "harnpool store": 200, "pgqueuer": 200, "procrastinate": 100}
-    return {"harnpool": 5_000, "harnpool store": 5_000, "pgqueuer": 5_000, "procrastinate": 1_000}
+        sizes = {"harnpool": 200, "pgqueuer": 200, "procrastinate": 100}
+    else:
+        sizes = {"harnpool": 5_000, "pgqueuer": 5_000, "procrastinate": 1_000}
+    sizes["harnpool store"] = sizes[PROTOTYPE] = sizes["harnpool"]
+    return sizes
 
 
 # -- worker processes ---------------------------------------------------------------------
@@ -127,6 +141,9 @@ def _child(
     runners: dict[str, Callable[[_Job, Synchronized[int], Barrier, Event], None]] = {
         "harnpool": lambda *a: asyncio.run(_harnpool(*a)),
         "harnpool store": _harnpool_store,
+        PROTOTYPE: lambda job, counter, barrier, stop: _harnpool_store(
+            job, counter, barrier, stop, group=True
+        ),
         "pgqueuer": lambda *a: asyncio.run(_pgqueuer(*a)),
         "procrastinate": lambda *a: asyncio.run(_procrastinate(*a)),
     }
@@ -151,7 +168,9 @@ async def _harnpool(job: _Job, counter: Synchronized[int], barrier: Barrier, sto
         await asyncio.to_thread(stop.wait)
 
 
-def _harnpool_store(job: _Job, counter: Synchronized[int], barrier: Barrier, stop: Event) -> None:
+def _harnpool_store(
+    job: _Job, counter: Synchronized[int], barrier: Barrier, stop: Event, group: bool = False
+) -> None:
     import msgspec
 
     from harnpool._pg import PostgresStore
@@ -192,14 +211,40 @@ def _harnpool_store(job: _Job, counter: Synchronized[int], barrier: Barrier, sto
             if not started:
                 wakeup.wait(0.05)
 
+    outcomes: queue.Queue[TaskRecord | None] = queue.Queue()
+
     def work() -> None:
         while (record := ready.get()) is not None:
             _bump(counter)
+            if group:
+                outcomes.put(record)
+                continue
             store.finish(
                 msgspec.structs.replace(record, status=Status.COMPLETED, result=result),
                 owner=owner,
             )
             free.release()
+
+    def finish_groups() -> None:
+        # The journal's group commit, on the database: every outcome that arrived while
+        # the previous transaction committed goes into the next one, with one NOTIFY.
+        with psycopg.connect(job.dsn, autocommit=True) as conn:
+            while (first := outcomes.get()) is not None:
+                group_ = [first]
+                with contextlib.suppress(queue.Empty):
+                    while len(group_) < 256:
+                        record = outcomes.get_nowait()
+                        if record is None:
+                            outcomes.put(None)
+                            break
+                        group_.append(record)
+                with conn.transaction(), conn.cursor() as cur:
+                    cur.executemany(
+                        _GROUP_FINISH, [(job.pool, r.seq, r.attempts, owner) for r in group_]
+                    )
+                    cur.execute("SELECT pg_notify(%s, 'finished')", (store.channel,))
+                for _ in group_:
+                    free.release()
 
     def produce() -> None:
         for _ in range(job.produce // BATCH):
@@ -208,7 +253,8 @@ def _harnpool_store(job: _Job, counter: Synchronized[int], barrier: Barrier, sto
     barrier.wait()
     threads = [threading.Thread(target=f) for f in (listen, claim, produce)]
     threads += [threading.Thread(target=work) for _ in range(WORKERS)]
-    for t in threads:
+    finisher = threading.Thread(target=finish_groups)
+    for t in [*threads, finisher]:
         t.start()
     stop.wait()
     threads[1].join()
@@ -217,6 +263,8 @@ def _harnpool_store(job: _Job, counter: Synchronized[int], barrier: Barrier, sto
     listener.close()
     for t in threads:
         t.join()
+    outcomes.put(None)
+    finisher.join()
     store.close()
 
 
@@ -320,7 +368,7 @@ def _fill(contender: str, dsn: str, pool: str, n: int) -> None:
                     await client.submit_many([harnpool.Job(noop) for _ in range(size)])
 
         asyncio.run(submit())
-    elif contender == "harnpool store":
+    elif contender in ("harnpool store", PROTOTYPE):
         from harnpool._pg import PostgresStore
         from harnpool._records import Status, TaskRecord
 
@@ -481,7 +529,7 @@ def _scenario(
 SCENARIOS = (("enqueue+process", 1, False), ("enqueue+process", 2, False), ("drain", 1, True))
 
 
-def run_once(cfg: Config, admin_dsn: str | None = None) -> Result:
+def run_once(cfg: Config, admin_dsn: str | None = None, prototype: bool = False) -> Result:
     # procrastinate warns when its App lives in the main module, as it does here by design.
     logging.getLogger("procrastinate").setLevel(logging.ERROR)
     sizes = _sizes(cfg)
@@ -491,7 +539,7 @@ def run_once(cfg: Config, admin_dsn: str | None = None) -> Result:
     with _pg_server.running_server(admin_dsn) as server:
         for label, processes, drain in SCENARIOS:
             rates: dict[str, float] = {}
-            for contender in CONTENDERS:
+            for contender in (*CONTENDERS, PROTOTYPE) if prototype else CONTENDERS:
                 row = _scenario(server, contender, sizes[contender], processes, drain)
                 rows.append(row)
                 rates[contender] = row["tasks/s"]
@@ -517,7 +565,8 @@ def run_once(cfg: Config, admin_dsn: str | None = None) -> Result:
         notes = [
             f"PostgreSQL {server.version}: "
             + ", ".join(f"{k}={settings[k]}" for k in sorted(settings)),
-            "N per contender: " + ", ".join(f"{c} {n:,}" for c, n in sizes.items()),
+            "N per contender: "
+            + ", ".join(f"{c} {n:,}" for c, n in sizes.items() if prototype or c != PROTOTYPE),
             "harnpool = open_pool on the database; harnpool store = PostgresStore's"
             " submit/claim/finish in threads, no Pool around it",
         ]
@@ -533,10 +582,17 @@ def main() -> None:
         default=None,
         help="use this server (as it is configured) instead of starting a durable one",
     )
+    p.add_argument(
+        "--prototype",
+        action="store_true",
+        help=f"also run {PROTOTYPE!r}: outcomes recorded by group commit",
+    )
     args = p.parse_args()
     cfg = _bench.config_from(args)
     try:
-        _bench.measure(cfg, NAME, __doc__, HEADLINE, lambda c: run_once(c, args.admin_dsn))
+        _bench.measure(
+            cfg, NAME, __doc__, HEADLINE, lambda c: run_once(c, args.admin_dsn, args.prototype)
+        )
     finally:
         _bench.cleanup(cfg)
 

@@ -1,0 +1,186 @@
+"""How the size of one pool's table moves a claim: the figures behind docs/scaling.md.
+
+On a throwaway durable server (``_pg_server.py``: fsync on), for each case it
+fills one pool's table with rows shaped as the store writes them (by
+``INSERT ... SELECT generate_series``, one statement), runs ``ANALYZE``, and
+reports:
+
+- the claim statement's execution time from ``EXPLAIN (ANALYZE, BUFFERS)``
+  (10 tasks, in a transaction rolled back so the queue stays as it was), and
+  the plan's top node;
+- the median and p99 wall time of ``PostgresStore.claim`` for one task
+  followed by ``finish`` (what a worker pays per task), over 200 tasks;
+- ``statistics()`` (the count by status every open runs), the table's and its
+  indexes' sizes, and the time ``prune`` takes to delete the finished rows,
+  then ``VACUUM`` to reclaim them.
+
+Cases: 10k and 100k queued tasks; 10k queued beside 1M finished ones.
+
+Usage: ``python benchmarks/p7_scaling.py [--admin-dsn DSN] [--quick]``; prints a
+table and writes ``p7_scaling.json`` like the other scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from typing import Any
+
+import _bench
+import _pg_server
+import psycopg
+from _bench import Config, Result
+
+from harnpool._pg import PostgresStore
+from harnpool._pg._schema import LOCK_CLASS
+from harnpool._pg._store import _CLAIM, _LOCK
+from harnpool._records import Status
+
+NAME = "p7_scaling"
+HEADLINE = "claim_ms_100k_queued"
+POOL = "scale"
+SAMPLES = 200
+
+_FILL = """
+INSERT INTO harnpool_task (pool, status, function, submitted_at, attempts, result,
+    started_at, finished_at)
+SELECT %(pool)s, %(status)s, 'p7_postgres:noop', statement_timestamp(),
+    CASE WHEN %(status)s = 'queued' THEN 0 ELSE 1 END,
+    CASE WHEN %(status)s = 'queued' THEN NULL ELSE 'null' END,
+    CASE WHEN %(status)s = 'queued' THEN NULL ELSE statement_timestamp() END,
+    CASE WHEN %(status)s = 'queued' THEN NULL ELSE statement_timestamp() END
+FROM generate_series(1, %(n)s)
+"""
+
+
+def _cases(cfg: Config) -> list[tuple[str, int, int]]:
+    """(label, queued, finished)."""
+    if cfg.quick:
+        return [("1k queued", 1_000, 0), ("1k queued + 10k finished", 1_000, 10_000)]
+    return [
+        ("10k queued", 10_000, 0),
+        ("100k queued", 100_000, 0),
+        ("10k queued + 1M finished", 10_000, 1_000_000),
+    ]
+
+
+def _explain(conn: psycopg.Connection[Any]) -> tuple[float, str]:
+    params = {
+        "pool": POOL,
+        "owner": "explain",
+        "limit": 10,
+        "lease": 30.0,
+        "max_concurrent": 1_000,
+    }
+    with conn.transaction(force_rollback=True):
+        conn.execute(_LOCK, (LOCK_CLASS, POOL))
+        row = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + _CLAIM, params).fetchone()
+    assert row is not None
+    plan = row[0] if isinstance(row[0], list) else json.loads(row[0])
+    top = plan[0]["Plan"]
+    return float(plan[0]["Execution Time"]), str(top["Node Type"])
+
+
+def _size(conn: psycopg.Connection[Any], relation: str) -> float:
+    row = conn.execute("SELECT pg_total_relation_size(%s)", (relation,)).fetchone()
+    assert row is not None
+    return float(row[0]) / 2**20
+
+
+def _case(server: _pg_server.Server, label: str, queued: int, finished: int) -> _bench.Row:
+    import msgspec
+
+    dsn = server.create_database()
+    try:
+        with PostgresStore.connect(dsn, POOL) as store, psycopg.connect(dsn) as conn:
+            store.migrate()
+            conn.autocommit = True
+            elapsed = _bench.timed()
+            if finished:
+                conn.execute(_FILL, {"pool": POOL, "status": "completed", "n": finished})
+            conn.execute(_FILL, {"pool": POOL, "status": "queued", "n": queued})
+            fill_s = elapsed()
+            conn.execute("ANALYZE harnpool_task")
+            explain_ms, node = _explain(conn)
+            walls: list[float] = []
+            result = msgspec.Raw(b"null")
+            for _ in range(SAMPLES):
+                began = time.perf_counter()
+                (record,) = store.claim("probe", limit=1, lease=30.0, max_concurrent=1_000).started
+                store.finish(
+                    msgspec.structs.replace(record, status=Status.COMPLETED, result=result),
+                    owner="probe",
+                )
+                walls.append((time.perf_counter() - began) * 1e3)
+            elapsed = _bench.timed()
+            store.statistics()
+            statistics_ms = elapsed() * 1e3
+            table_mb = _size(conn, "harnpool_task")
+            indexes = conn.execute(
+                "SELECT sum(pg_relation_size(indexrelid)) FROM pg_index"
+                " WHERE indrelid = 'harnpool_task'::regclass"
+            ).fetchone()
+            assert indexes is not None
+            elapsed = _bench.timed()
+            pruned = store.prune(keep=0, keep_for=None)
+            prune_s = elapsed()
+            elapsed = _bench.timed()
+            conn.execute("VACUUM harnpool_task")
+            vacuum_s = elapsed()
+            after_mb = _size(conn, "harnpool_task")
+    finally:
+        server.drop_database(dsn)
+    walls.sort()
+    return {
+        "case": label,
+        "queued": queued,
+        "finished": finished,
+        "fill s": fill_s,
+        "claim EXPLAIN ms": explain_ms,
+        "plan top": node,
+        "claim+finish p50 ms": statistics.median(walls),
+        "claim+finish p99 ms": walls[int(len(walls) * 0.99) - 1],
+        "statistics() ms": statistics_ms,
+        "table+indexes MB": table_mb,
+        "indexes MB": float(indexes[0] or 0) / 2**20,
+        "pruned": pruned,
+        "prune s": prune_s,
+        "VACUUM s": vacuum_s,
+        "after VACUUM MB": after_mb,
+    }
+
+
+def run_once(cfg: Config, admin_dsn: str | None = None) -> Result:
+    rows: list[_bench.Row] = []
+    metrics: dict[str, float] = {}
+    with _pg_server.running_server(admin_dsn) as server:
+        for label, queued, finished in _cases(cfg):
+            row = _case(server, label, queued, finished)
+            rows.append(row)
+            slug = label.replace(" + ", "_").replace(" ", "_")
+            metrics[f"claim_ms_{slug}"] = row["claim EXPLAIN ms"]
+            metrics[f"claim_finish_p50_ms_{slug}"] = row["claim+finish p50 ms"]
+        notes = [
+            f"PostgreSQL {server.version}: "
+            + ", ".join(f"{k}={v}" for k, v in sorted(server.settings.items()))
+        ]
+    metrics.setdefault(HEADLINE, metrics[next(iter(metrics))])
+    return Result(rows=rows, metrics=metrics, notes=notes)
+
+
+def main() -> None:
+    p = _bench.parser(__doc__)
+    p.add_argument("--admin-dsn", default=None, help="use this server instead of starting one")
+    args = p.parse_args()
+    if args.runs is None:
+        args.runs = 1
+    cfg = _bench.config_from(args)
+    try:
+        _bench.measure(cfg, NAME, __doc__, HEADLINE, lambda c: run_once(c, args.admin_dsn))
+    finally:
+        _bench.cleanup(cfg)
+
+
+if __name__ == "__main__":
+    main()
