@@ -16,6 +16,12 @@ reports:
 
 Cases: 10k and 100k queued tasks; 10k queued beside 1M finished ones.
 
+Then what a ``NOTIFY`` costs a commit: 8 threads, each on a connection of its
+own, update a row of their own and commit, as fast as they can for a few
+seconds, without and then with a ``pg_notify`` in each transaction (as the
+store's ``finish`` does). PostgreSQL takes a lock on the whole server when a
+transaction that notified commits, and holds it through the commit's WAL flush.
+
 Usage: ``python benchmarks/p7_scaling.py [--admin-dsn DSN] [--quick]``; prints a
 table and writes ``p7_scaling.json`` like the other scripts.
 """
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import threading
 import time
 from typing import Any
 
@@ -151,6 +158,38 @@ def _case(server: _pg_server.Server, label: str, queued: int, finished: int) -> 
     }
 
 
+def _commits_per_s(dsn: str, notify: bool, seconds: float, threads: int = 8) -> float:
+    """Commits per second of ``threads`` connections updating a row each, with or without NOTIFY."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS notify_probe")
+        conn.execute("CREATE TABLE notify_probe (id int PRIMARY KEY, n bigint NOT NULL)")
+        conn.execute(
+            "INSERT INTO notify_probe SELECT i, 0 FROM generate_series(0, %s) i", (threads,)
+        )
+    counts = [0] * threads
+    start = threading.Barrier(threads + 1)
+    deadline = [0.0]
+
+    def loop(i: int) -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            start.wait()
+            while time.perf_counter() < deadline[0]:
+                with conn.transaction():
+                    conn.execute("UPDATE notify_probe SET n = n + 1 WHERE id = %s", (i,))
+                    if notify:
+                        conn.execute("SELECT pg_notify('notify_probe', 'x')")
+                counts[i] += 1
+
+    workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    deadline[0] = time.perf_counter() + seconds
+    start.wait()
+    for w in workers:
+        w.join()
+    return sum(counts) / seconds
+
+
 def run_once(cfg: Config, admin_dsn: str | None = None) -> Result:
     rows: list[_bench.Row] = []
     metrics: dict[str, float] = {}
@@ -161,6 +200,16 @@ def run_once(cfg: Config, admin_dsn: str | None = None) -> Result:
             slug = label.replace(" + ", "_").replace(" ", "_")
             metrics[f"claim_ms_{slug}"] = row["claim EXPLAIN ms"]
             metrics[f"claim_finish_p50_ms_{slug}"] = row["claim+finish p50 ms"]
+        dsn = server.create_database()
+        try:
+            seconds = 1.0 if cfg.quick else 5.0
+            for notify in (False, True):
+                rate = _commits_per_s(dsn, notify, seconds)
+                label = "8 connections, commit " + ("with NOTIFY" if notify else "without NOTIFY")
+                rows.append({"case": label, "commits/s": rate})
+                metrics["commits_per_s_" + ("notify" if notify else "plain")] = rate
+        finally:
+            server.drop_database(dsn)
         notes = [
             f"PostgreSQL {server.version}: "
             + ", ".join(f"{k}={v}" for k, v in sorted(server.settings.items()))
