@@ -58,6 +58,7 @@ import os
 import queue
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,7 +87,7 @@ ADMIN_DSN_VARIABLE = "HARNPOOL_BENCH_PG_DSN"
 CONTENDERS = ("harnpool", "harnpool store", "pgqueuer", "procrastinate")
 #: With ``--prototype``: the store's claim and submit, but outcomes recorded by
 #: group commit (see _GROUP_FINISH); SQL written here, not harnpool's.
-PROTOTYPE = "group finish (prototype)"
+PROTOTYPE = "harnpool group finish (prototype)"
 
 # The store's guarded finish without its per-task NOTIFY; many run in one transaction.
 _GROUP_FINISH = """
@@ -147,6 +148,14 @@ def _child(
         "pgqueuer": lambda *a: asyncio.run(_pgqueuer(*a)),
         "procrastinate": lambda *a: asyncio.run(_procrastinate(*a)),
     }
+
+    # A worker thread that dies would leave the process waiting for a stop that never
+    # comes: end the process instead, and the parent reports it at once.
+    def die(args: threading.ExceptHookArgs) -> None:
+        traceback.print_exception(args.exc_type, args.exc_value, args.exc_traceback)
+        os._exit(1)
+
+    threading.excepthook = die
     try:
         runners[job.contender](job, counter, barrier, stop)
     except BaseException:

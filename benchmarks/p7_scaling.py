@@ -11,8 +11,9 @@ reports:
 - the median and p99 wall time of ``PostgresStore.claim`` for one task
   followed by ``finish`` (what a worker pays per task), over 200 tasks;
 - ``statistics()`` (the count by status every open runs), the table's and its
-  indexes' sizes, and the time ``prune`` takes to delete the finished rows,
-  then ``VACUUM`` to reclaim them.
+  indexes' sizes; the time ``prune(keep=0)``'s statement takes (rolled back;
+  ``inf`` when it ran past a minute), then ``prune(keep_for=0)`` deleting the
+  finished rows, then ``VACUUM``.
 
 Cases: 10k and 100k queued tasks; 10k queued beside 1M finished ones.
 
@@ -29,6 +30,7 @@ table and writes ``p7_scaling.json`` like the other scripts.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import threading
 import time
@@ -41,13 +43,15 @@ from _bench import Config, Result
 
 from harnpool._pg import PostgresStore
 from harnpool._pg._schema import LOCK_CLASS
-from harnpool._pg._store import _CLAIM, _LOCK
+from harnpool._pg._store import _CLAIM, _LOCK, _PRUNE
 from harnpool._records import Status
 
 NAME = "p7_scaling"
 HEADLINE = "claim_ms_100k_queued"
 POOL = "scale"
 SAMPLES = 200
+#: Longest the by-count prune may run before it is reported as not finishing.
+PRUNE_TIMEOUT = 60.0
 
 _FILL = """
 INSERT INTO harnpool_task (pool, status, function, submitted_at, attempts, result,
@@ -87,6 +91,18 @@ def _explain(conn: psycopg.Connection[Any]) -> tuple[float, str]:
     plan = row[0] if isinstance(row[0], list) else json.loads(row[0])
     top = plan[0]["Plan"]
     return float(plan[0]["Execution Time"]), str(top["Node Type"])
+
+
+def _prune_by_count(conn: psycopg.Connection[Any]) -> float:
+    """Seconds ``prune(keep=0)``'s statement takes, rolled back; inf past PRUNE_TIMEOUT."""
+    try:
+        with conn.transaction(force_rollback=True):
+            conn.execute(f"SET LOCAL statement_timeout = {int(PRUNE_TIMEOUT * 1000)}")
+            elapsed = _bench.timed()
+            conn.execute(_PRUNE, {"pool": POOL, "keep": 0, "keep_for": None})
+            return elapsed()
+    except psycopg.errors.QueryCanceled:
+        return math.inf
 
 
 def _size(conn: psycopg.Connection[Any], relation: str) -> float:
@@ -129,8 +145,9 @@ def _case(server: _pg_server.Server, label: str, queued: int, finished: int) -> 
                 " WHERE indrelid = 'harnpool_task'::regclass"
             ).fetchone()
             assert indexes is not None
+            keep_s = _prune_by_count(conn)
             elapsed = _bench.timed()
-            pruned = store.prune(keep=0, keep_for=None)
+            pruned = store.prune(keep=None, keep_for=0.0)
             prune_s = elapsed()
             elapsed = _bench.timed()
             conn.execute("VACUUM harnpool_task")
@@ -151,8 +168,9 @@ def _case(server: _pg_server.Server, label: str, queued: int, finished: int) -> 
         "statistics() ms": statistics_ms,
         "table+indexes MB": table_mb,
         "indexes MB": float(indexes[0] or 0) / 2**20,
+        "prune keep=0 s": keep_s,
         "pruned": pruned,
-        "prune s": prune_s,
+        "prune keep_for=0 s": prune_s,
         "VACUUM s": vacuum_s,
         "after VACUUM MB": after_mb,
     }
