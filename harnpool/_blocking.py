@@ -203,6 +203,9 @@ def open_blocking_pool(
     keep_finished: int | None = None,
     keep_finished_for: float | None = None,
     max_recoveries: int | None = 5,
+    name: str | None = None,
+    workers: int | None = None,
+    lease: float | None = None,
 ) -> Iterator[BlockingPool]:
     """Open the durable pool at ``path`` for sync code: ``with open_blocking_pool(path) as pool:``.
 
@@ -219,7 +222,7 @@ def open_blocking_pool(
     waiting in other threads then raise PoolClosedError, as do later calls.
 
     Args:
-        path: The journal file (see :func:`open_pool`).
+        path: The journal file, or a PostgreSQL DSN (see :func:`open_pool`).
         backend: The event loop the pool runs on: ``"asyncio"`` or ``"trio"``.
         max_concurrent: See :func:`open_pool`, as for every other setting.
 
@@ -252,6 +255,9 @@ def open_blocking_pool(
         keep_finished=keep_finished,
         keep_finished_for=keep_finished_for,
         max_recoveries=max_recoveries,
+        name=name,
+        workers=workers,
+        lease=lease,
     )
     with anyio.from_thread.start_blocking_portal(backend) as portal:
         # A user's exception passes through both blocks as it is: open_pool re-raises

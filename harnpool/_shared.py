@@ -76,6 +76,8 @@ T = TypeVar("T")
 
 #: Seconds between polls of the database when no notification came.
 POLL = 1.0
+#: How many records of tasks finished here are kept for ``wait`` (finished rows never change).
+_KEEP_DONE = 4096
 
 
 def _refuse(fn: object, why: str) -> TypeError:
@@ -230,6 +232,8 @@ class SharedPool(Pool):
         #: Unfinished tasks submitted here: leaving the block waits for them.
         self._submitted: set[str] = set()
         self._functions: dict[str, TaskFunction | None] = {}
+        #: The latest records of tasks finished here, oldest first: wait() needs no query.
+        self._done: dict[str, TaskRecord] = {}
         #: The pool's default ``retry_on``, as stored.
         self._retry_on = _retry_names(settings.retry_on)
         self._work_done = anyio.Event()
@@ -332,6 +336,9 @@ class SharedPool(Pool):
 
     async def _finished(self, task_id: str) -> TaskRecord:
         """The task's record once it has finished, wherever it ran."""
+        done = self._done.get(task_id)
+        if done is not None:
+            return done
         while True:
             waiter = self._waiters.get(task_id)
             if waiter is None:
@@ -404,8 +411,9 @@ class SharedPool(Pool):
         if task is not None:
             self._cancel_here(task)
         if record.status not in FINISHED:
-            with anyio.CancelScope(shield=True):
-                record = await self._finished(task_id)
+            # Not shielded: the request is committed, and an owner that died
+            # answers only once its lease expired.
+            record = await self._finished(task_id)
         return record.status is Status.CANCELLED
 
     @staticmethod
@@ -600,6 +608,9 @@ class SharedPool(Pool):
                 reason="cancelled",
             )  # fmt: skip
         self._submitted.discard(record.id)
+        self._done[record.id] = stored
+        if len(self._done) > _KEEP_DONE:
+            del self._done[next(iter(self._done))]
         self._wake_waiters(record.id)
 
     def _lease_lost(self, record: TaskRecord) -> None:

@@ -56,6 +56,17 @@ async def held(token: str, value: str) -> str:
     return value
 
 
+async def noted(token: str, value: str) -> str:
+    """Like ``held``, and notes when its attempt is cancelled."""
+    _state[token + "started"].set()
+    try:
+        await _state[token + "gate"].wait()
+    except anyio.get_cancelled_exc_class():
+        _state[token + "cancelled"].set()
+        raise
+    return value
+
+
 async def stuck(token: str) -> None:
     _state[token + "started"].set()
     await anyio.sleep_forever()
@@ -153,6 +164,15 @@ class TestSharing:
                 assert ids[1] != first
                 assert one.statistics().queued == 2
 
+    def test_a_blocking_pool_shares_it_too(self, postgres_url: str, pool_name: str) -> None:
+        with (
+            harnpool.open_blocking_pool(postgres_url, name=pool_name, workers=0) as client,
+            harnpool.open_blocking_pool(postgres_url, name=pool_name, backend="trio") as worker,
+        ):
+            task_id = client.submit(pair, 5)
+            assert worker.wait(task_id, timeout=20) == (5, "5")
+            assert client.statistics().completed == 1
+
 
 class TestLeases:
     async def test_an_abandoned_task_is_reclaimed_once_its_lease_expires(
@@ -204,6 +224,58 @@ class TestLeases:
                 gate.set()
                 assert await pool.wait(task_id) == "thief"
         assert any(e["event"] == "task.lease_lost" and e["task_id"] == task_id for e in logs)
+
+    async def test_an_owner_stops_a_task_another_took_over(
+        self, open_shared: Any, postgres_dsn: str, pool_name: str, token: str
+    ) -> None:
+        started, cancelled = event(token, "started"), event(token, "cancelled")
+        event(token, "gate")
+        with anyio.fail_after(20), capture_logs() as logs:
+            async with open_shared(lease=0.6) as pool:
+                task_id = await pool.submit(noted, token, "mine")
+                await started.wait()
+                # What a claim of another process does once the lease expired, in one statement.
+                _run(
+                    postgres_dsn,
+                    "UPDATE harnpool_task SET owner = 'thief', attempts = attempts + 1,"
+                    " recoveries = recoveries + 1, lease_until = now() + interval '30 seconds'"
+                    " WHERE pool = %s AND status = 'running'",
+                    (pool_name,),
+                )
+                await cancelled.wait()  # the renewal found the task gone
+                with PostgresStore.connect(postgres_dsn, pool_name) as thief:
+                    record = thief.get(task_id)
+                    finished = thief.finish(
+                        msgspec.structs.replace(
+                            record, status=Status.COMPLETED, result=msgspec.Raw(b'"thief"')
+                        ),
+                        owner="thief",
+                    )
+                assert finished is not None
+                assert await pool.wait(task_id) == "thief"
+        assert any(e["event"] == "task.lease_lost" and e["task_id"] == task_id for e in logs)
+
+    async def test_an_owner_that_cannot_renew_stops_its_tasks(
+        self, open_shared: Any, token: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        started, cancelled = event(token, "started"), event(token, "cancelled")
+        gate = event(token, "gate")
+
+        def unreachable(owner: str, *, lease: float) -> None:
+            raise harnpool.DatabaseError("the database is gone", pool="p")
+
+        with anyio.fail_after(20):
+            async with open_shared(lease=0.6) as pool:
+                monkeypatch.setattr(pool._store, "renew", unreachable)
+                task_id = await pool.submit(noted, token, "second run")
+                await started.wait()
+                await cancelled.wait()  # no renewal for a whole lease
+                monkeypatch.undo()
+                gate.set()
+                # Its lease expired: the next claim takes it again, as a recovery.
+                assert await pool.wait(task_id) == "second run"
+                info = pool.info(task_id)
+        assert (info.attempts, info.recoveries) == (2, 1)
 
 
 class TestCancel:

@@ -468,6 +468,31 @@ class TestCancel:
         assert requeued is not None
         assert requeued.status is Status.CANCELLED
 
+    def test_a_failure_asked_to_stop_is_cancelled_but_a_result_is_kept(
+        self, store: PostgresStore
+    ) -> None:
+        failed, completed = store.submit([new(), new()])
+        started = store.claim("me", limit=2, lease=30, max_concurrent=2).started
+        store.cancel(failed.id)
+        store.cancel(completed.id)
+        error = {"error_type": "builtins.ValueError", "error_message": "no"}
+        finished = store.finish(
+            msgspec.structs.replace(started[0], status=Status.FAILED, **error), owner="me"
+        )
+        assert finished is not None
+        assert (finished.status, finished.reason) == (Status.CANCELLED, "cancelled")
+        kept = store.finish(done(started[1]), owner="me")
+        assert kept is not None
+        assert kept.status is Status.COMPLETED
+
+    def test_records_count_the_recoveries(self, store: PostgresStore) -> None:
+        (record,) = store.submit([new()])
+        store.claim("dead", limit=1, lease=30, max_concurrent=1)
+        expire_leases(store.dsn, store.name)
+        (started,) = store.claim("alive", limit=1, lease=30, max_concurrent=1).started
+        assert (started.attempts, started.recoveries) == (2, 1)
+        assert store.get(record.id).recoveries == 1
+
     def test_an_expired_task_asked_to_stop_is_cancelled(self, store: PostgresStore) -> None:
         (record,) = store.submit([new()])
         store.claim("dead", limit=1, lease=30, max_concurrent=1)
@@ -493,6 +518,21 @@ class TestCancel:
             store.get(task_id)
         with pytest.raises(UnknownTaskError):
             store.lease(task_id)
+
+
+class TestPrune:
+    def test_finished_tasks_beyond_the_newest_are_deleted(self, store: PostgresStore) -> None:
+        records = store.submit([new(key=str(i)) for i in range(4)])
+        started = store.claim("me", limit=3, lease=30, max_concurrent=3).started
+        for record in started:
+            store.finish(done(record), owner="me")
+        assert store.prune(keep=None, keep_for=None) == 0
+        assert store.prune(keep=1, keep_for=None) == 2
+        assert {r.id for r in store.tasks()} == {records[2].id, records[3].id}
+        assert store.prune(keep=None, keep_for=0) == 1
+        assert [r.id for r in store.tasks()] == [records[3].id]
+        (again,) = store.submit([new(key="0")])
+        assert again.id != records[0].id  # a dropped task's key no longer deduplicates
 
 
 class TestNotifications:

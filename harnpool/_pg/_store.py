@@ -146,11 +146,15 @@ _GUARD: Final = (
     " AND attempts = %(attempts)s AND owner = %(owner)s"
 )
 
+# Cancelling asked while the attempt ran wins over its failure, as over a retry.
 _FINISH: Final = f"""
 WITH done AS (
     UPDATE harnpool_task SET
-        status = %(status)s, result = %(result)s, error_type = %(error_type)s,
-        error_message = %(error_message)s, reason = %(reason)s,
+        status = CASE WHEN cancel_requested AND %(status)s::text = 'failed' THEN 'cancelled'
+                      ELSE %(status)s::text END,
+        reason = CASE WHEN cancel_requested AND %(status)s::text = 'failed' THEN 'cancelled'
+                      ELSE %(reason)s::text END,
+        result = %(result)s, error_type = %(error_type)s, error_message = %(error_message)s,
         finished_at = statement_timestamp(), owner = NULL, lease_until = NULL
     WHERE {_GUARD}
     RETURNING *

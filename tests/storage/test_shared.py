@@ -39,6 +39,9 @@ async def once(token: str, n: int) -> int:
 
 
 async def held(token: str) -> None:
+    started = _state.get(token + "started")
+    if started is not None:
+        started.set()
     await _state[token + "gate"].wait()
 
 
@@ -95,8 +98,11 @@ class TestKeys:
 class TestOrder:
     async def test_higher_priority_runs_first(self, open_on: OpenOn, token: str) -> None:
         gate = _state[token + "gate"] = anyio.Event()
+        started = _state[token + "started"] = anyio.Event()
         async with open_on(max_concurrent=1) as pool:
             await pool.submit(held, token)
+            # Held first: a shared pool's claimer may not have taken it yet.
+            await started.wait()
             ids = [await pool.submit(note, token, p, priority=p) for p in (1, 3, 2)]
             gate.set()
             for task_id in ids:
