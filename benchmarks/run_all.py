@@ -1,18 +1,23 @@
-"""Run every benchmark (P1 to P6 and the soak), print one summary table against the targets,
+"""Run every benchmark (P1 to P7 and the soak), print one summary table against the targets,
 and write ``summary.json`` beside each scenario's own JSON.
 
-Usage: ``python benchmarks/run_all.py [--quick] [--runs N] [--out DIR] [--journal-dir DIR]``
+Usage: ``python benchmarks/run_all.py [--quick] [--runs N] [--out DIR] [--journal-dir DIR]
+[--without-postgres]``
 (``make bench`` runs it with the defaults: full sizes, 3 runs per scenario, the
 median run kept, results in benchmarks/results/). ``--quick`` runs tiny sizes
 once, only to show that the scripts work; its figures mean nothing. The soak
 (``soak.py``, a million tasks through one pool, about a minute and a half) runs
-once whatever ``--runs`` says; ``make soak`` runs it alone.
+once whatever ``--runs`` says; ``make soak`` runs it alone. P7 (``p7_postgres.py``,
+harnpool on PostgreSQL against pgqueuer and procrastinate) starts a throwaway
+PostgreSQL server of its own; where the server's binaries are missing, or with
+``--without-postgres``, it is left out and the summary says so.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import operator
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +29,9 @@ import p3_submit_many
 import p4_replay
 import p5_latency
 import p6_events
+import p7_postgres
 import soak
+from _pg_server import ServerUnavailable, find_bindir
 
 SCENARIOS = [p1_serial_submit, p2_concurrent, p3_submit_many, p4_replay, p5_latency, p6_events]
 
@@ -50,15 +57,51 @@ TARGETS: list[tuple[str, str, str, Compare, float, str]] = [
     ("p6_events", "overhead_warning_pct", "P6 events, WARNING level", operator.le, 5.0, "%"),
 ]
 
+#: P7's targets, checked when it ran.
+POSTGRES_TARGETS: list[tuple[str, str, str, Compare, float, str]] = [
+    ("p7_postgres", "ratio_vs_pgqueuer", "P7 vs pgqueuer", operator.ge, 1.5, "x"),
+    ("p7_postgres", "ratio_vs_procrastinate", "P7 vs procrastinate", operator.ge, 10.0, "x"),
+]
+
+
+def _postgres_missing(without: bool) -> str | None:
+    """Why P7 cannot run here, or None."""
+    if without:
+        return "--without-postgres"
+    if p7_postgres.ADMIN_DSN_VARIABLE in os.environ:
+        return None
+    try:
+        find_bindir()
+    except ServerUnavailable as exc:
+        return str(exc)
+    return None
+
 
 def main() -> None:
-    cfg = _bench.config_from(_bench.parser(__doc__).parse_args())
+    parser = _bench.parser(__doc__)
+    parser.add_argument(
+        "--without-postgres", action="store_true", help="leave out P7 (harnpool on PostgreSQL)"
+    )
+    args = parser.parse_args()
+    cfg = _bench.config_from(args)
+    skipped = _postgres_missing(args.without_postgres)
+    targets = TARGETS if skipped else TARGETS + POSTGRES_TARGETS
     documents: dict[str, dict[str, Any]] = {}
     try:
         for scenario in SCENARIOS:
             documents[scenario.NAME] = _bench.measure(
                 cfg, scenario.NAME, scenario.__doc__, scenario.HEADLINE, scenario.run_once
             )
+        if skipped is None:
+            documents[p7_postgres.NAME] = _bench.measure(
+                cfg,
+                p7_postgres.NAME,
+                p7_postgres.__doc__,
+                p7_postgres.HEADLINE,
+                p7_postgres.run_once,
+            )
+        else:
+            print(f"\np7_postgres: left out ({skipped})")
         tasks = soak.default_tasks(cfg)
         documents[soak.NAME] = _bench.measure(
             dataclasses.replace(cfg, runs=1),
@@ -70,7 +113,7 @@ def main() -> None:
     finally:
         _bench.cleanup(cfg)
     rows: list[_bench.Row] = []
-    for name, metric, label, compare, threshold, unit in TARGETS:
+    for name, metric, label, compare, threshold, unit in targets:
         value = float(documents[name]["metrics"][metric])
         sign = ">=" if compare is operator.ge else "<="
         rows.append(
@@ -97,13 +140,23 @@ def main() -> None:
         ("Soak RSS growth (B/task)", documents["soak"]["metrics"]["rss_growth_bytes_per_task"]),
         ("Soak file growth (B/task)", documents["soak"]["metrics"]["file_growth_bytes_per_task"]),
     ]
+    if skipped is None:
+        p7 = documents[p7_postgres.NAME]["metrics"]
+        extra += [
+            ("P7 2 processes vs pgqueuer (x)", p7["enqueue_process_2p_ratio_vs_pgqueuer"]),
+            ("P7 drain vs pgqueuer (x)", p7["drain_ratio_vs_pgqueuer"]),
+            ("P7 harnpool tasks/s, 1 process", p7["enqueue_process_1p_harnpool_tasks_per_s"]),
+        ]
     for label, value in extra:
         rows.append({"target": label, "measured": float(value), "goal": "", "met": ""})
     title = "\nsummary (median run of each scenario)"
     if cfg.quick:
         title += " -- QUICK MODE: tiny sizes, the figures mean nothing"
     print(_bench.table(rows, title))
+    if skipped is not None:
+        print(f"  note: P7 left out: {skipped}")
     summary = {
+        "postgres_left_out": skipped,
         "targets": rows,
         "scenarios": {name: doc["metrics"] for name, doc in documents.items()},
         "environment": _bench.environment(cfg),

@@ -12,9 +12,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.postgres_server import Server
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 RESULTS = BENCHMARKS / "results"
@@ -129,6 +132,8 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
         str(out),
         "--journal-dir",
         str(journals),
+        # P7 starts a PostgreSQL server: test_p7_* runs it alone, on the session's server.
+        "--without-postgres",
         cwd=tmp_path_factory.getbasetemp(),
     )
     assert done.returncode == 0, done.stderr
@@ -181,6 +186,8 @@ def test_summary_lists_every_target(quick_run: tuple[Path, str]) -> None:
     ):
         assert targets[label]["measured"] > 0
     assert "Soak RSS growth (B/task)" in targets
+    assert summary["postgres_left_out"] == "--without-postgres"
+    assert "P7 vs pgqueuer" not in targets
 
 
 def test_durable_scenarios_count_fsyncs(quick_run: tuple[Path, str]) -> None:
@@ -253,3 +260,51 @@ def test_refuses_a_memory_filesystem_for_journals(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "real disk" in done.stderr
     assert not (tmp_path / "p5_latency.json").exists()
+
+
+#: P7's metrics for every scenario (``enqueue_process_1p``, ``enqueue_process_2p``, ``drain``).
+P7_SCENARIOS = ("enqueue_process_1p", "enqueue_process_2p", "drain")
+P7_CONTENDERS = ("harnpool", "harnpool_store", "pgqueuer", "procrastinate")
+
+
+def test_p7_compares_harnpool_with_its_peers_on_postgres(
+    postgres_server: Server, tmp_path: Path
+) -> None:
+    committed = _snapshot(RESULTS)
+    done = _run(
+        str(BENCHMARKS / "p7_postgres.py"),
+        "--quick",
+        "--out",
+        str(tmp_path),
+        "--admin-dsn",
+        postgres_server.admin_dsn,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert _snapshot(RESULTS) == committed
+    document = _load(tmp_path / "p7_postgres.json")
+    assert document["name"] == "p7_postgres"
+    assert document["description"]
+    metrics = document["metrics"]
+    assert all(isinstance(v, int | float) for v in metrics.values())
+    for scenario in P7_SCENARIOS:
+        for contender in P7_CONTENDERS:
+            assert metrics[f"{scenario}_{contender}_tasks_per_s"] > 0
+        assert metrics[f"{scenario}_ratio_vs_pgqueuer"] == pytest.approx(
+            metrics[f"{scenario}_harnpool_tasks_per_s"]
+            / metrics[f"{scenario}_pgqueuer_tasks_per_s"]
+        )
+    assert metrics["ratio_vs_pgqueuer"] == metrics["enqueue_process_1p_ratio_vs_pgqueuer"]
+    assert metrics["ratio_vs_procrastinate"] == metrics["enqueue_process_1p_ratio_vs_procrastinate"]
+    runs = [row for row in document["rows"] if "tasks" in row]
+    assert len(runs) == len(P7_SCENARIOS) * len(P7_CONTENDERS)
+    for row in runs:
+        # every task's completion was committed: each design costs at least a commit per batch
+        assert row["commits/task"] > 0
+    # the server it ran on is described, and the databases it made were dropped
+    assert any("fsync=" in note for note in document["notes"])
+    psycopg = pytest.importorskip("psycopg")
+    with psycopg.connect(postgres_server.admin_dsn, autocommit=True) as conn:
+        left = conn.execute("SELECT count(*) FROM pg_database WHERE datname LIKE 'bench_%'")
+        assert left.fetchone() == (0,)
+    assert "\np7_postgres: " in done.stdout
