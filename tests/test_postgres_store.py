@@ -18,7 +18,7 @@ psycopg = pytest.importorskip("psycopg")
 
 from harnpool import DatabaseError, PoolClosedError, SchemaVersionError, UnknownTaskError  # noqa: E402
 from harnpool._pg import RECONNECTED, SCHEMA_VERSION, PostgresStore  # noqa: E402
-from harnpool._pg._store import _CLAIM  # noqa: E402
+from harnpool._pg._store import _CLAIM, _PRUNE  # noqa: E402
 from harnpool._records import Status, TaskRecord  # noqa: E402
 
 CLAIMER = Path(__file__).with_name("_pg_claimer.py")
@@ -533,6 +533,29 @@ class TestPrune:
         assert [r.id for r in store.tasks()] == [records[3].id]
         (again,) = store.submit([new(key="0")])
         assert again.id != records[0].id  # a dropped task's key no longer deduplicates
+
+    def test_the_delete_sorts_the_finished_tasks_once_not_once_per_row(
+        self, store: PostgresStore, postgres_dsn: str, pool_name: str
+    ) -> None:
+        # A subplan re-run per finished row sorted them all again for each one:
+        # pruning 300k finished rows ran past 30 s (0.8 s as one sort).
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            row = conn.execute(
+                "EXPLAIN (FORMAT JSON) " + _PRUNE,
+                {"pool": pool_name, "keep": 10, "keep_for": None},
+            ).fetchone()
+        assert row is not None
+        plan: Any = row[0]
+        relations: list[str] = []
+
+        def walk(node: Any) -> None:
+            relations.append(str(node.get("Parent Relationship", "")))
+            for child in node.get("Plans", []):
+                walk(child)
+
+        walk(plan[0]["Plan"])
+        assert "InitPlan" in relations  # the sets to delete, computed once
+        assert "SubPlan" not in relations
 
 
 class TestNotifications:

@@ -203,13 +203,17 @@ FROM done
 _FINAL: Final = "status IN ('completed', 'failed', 'rejected', 'cancelled')"
 
 # Finished tasks beyond the newest `keep`, or finished more than `keep_for` seconds ago.
+# Two sets joined by UNION, each evaluated once: as `OR seq IN (...)` the sort
+# beyond `keep` ran again for every finished row, and never ended at 1M rows.
 _PRUNE: Final = f"""
 DELETE FROM harnpool_task WHERE pool = %(pool)s AND seq = any(array(
     SELECT seq FROM harnpool_task WHERE pool = %(pool)s AND {_FINAL}
-        AND (finished_at < statement_timestamp() - make_interval(secs => %(keep_for)s::float8)
-            OR %(keep)s::bigint IS NOT NULL AND seq IN (
-                SELECT seq FROM harnpool_task WHERE pool = %(pool)s AND {_FINAL}
-                ORDER BY finished_at DESC, seq DESC OFFSET %(keep)s::bigint))))
+        AND finished_at < statement_timestamp() - make_interval(secs => %(keep_for)s::float8)
+    UNION
+    SELECT seq FROM (
+        SELECT seq FROM harnpool_task WHERE pool = %(pool)s AND {_FINAL}
+        ORDER BY finished_at DESC, seq DESC OFFSET %(keep)s::bigint
+    ) AS beyond WHERE %(keep)s::bigint IS NOT NULL))
 """
 
 
