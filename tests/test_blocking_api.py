@@ -8,11 +8,7 @@ switch only concerns async tests.
 from __future__ import annotations
 
 import inspect
-import signal
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,7 +21,7 @@ import pytest
 
 import harnpool
 from harnpool import Job, PoolClosedError, Status, WrongThreadError
-from tests.test_kill_points import Ledger
+from tests.test_kill_points import Ledger, kill_when
 
 Backend = Literal["asyncio", "trio"]
 CHILD = Path(__file__).with_name("_blocking_child.py")
@@ -371,7 +367,7 @@ class TestCrash:
                 and set(led.starts()) >= odds
             )
 
-        run_and_kill(journal, ledger, backend, self.COUNT, killable)
+        kill_when(killable, ledger, CHILD, journal, ledger.path, backend, self.COUNT)
         acked, results = ledger.acked(), ledger.results()
         assert set(acked) == evens | odds
 
@@ -403,31 +399,6 @@ class TestCrash:
                 squares = list(executor.map(resume, range(self.COUNT)))
         assert squares == [n * n for n in range(self.COUNT)]
         assert sorted(reran) == sorted(odds)  # a finished task never runs again
-
-
-def run_and_kill(
-    journal: Path, ledger: Ledger, backend: Backend, count: int, ready: Callable[[Ledger], bool]
-) -> None:
-    """Run the child until ``ready(ledger)``, then SIGKILL it."""
-    child = subprocess.Popen(
-        [sys.executable, str(CHILD), str(journal), str(ledger.path), backend, str(count)],
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 30
-    try:
-        while not ready(ledger):
-            if child.poll() is not None:
-                assert child.stderr is not None
-                pytest.fail(f"the child exited early: {child.stderr.read().decode()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"the child never reached the kill point; ledger: {ledger.lines()}")
-            time.sleep(0.005)  # polling the ledger, not waiting for an outcome
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-        assert child.stderr is not None
-        child.stderr.close()
-    assert child.returncode == -signal.SIGKILL
 
 
 class TestSignatures:

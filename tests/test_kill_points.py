@@ -47,9 +47,12 @@ class Ledger:
         return collections.Counter(words[1] for words in self.lines() if words[0] == "start")
 
 
-def run_and_kill(journal: Path, ledger: Ledger, mode: str, ready: Callable[[Ledger], bool]) -> None:
+def kill_when(
+    ready: Callable[[Ledger], bool], ledger: Ledger, script: Path, *args: str | int | Path
+) -> None:
+    """Run the child ``script`` with ``args`` until ``ready(ledger)``, then SIGKILL it."""
     child = subprocess.Popen(
-        [sys.executable, str(CHILD), str(journal), str(ledger.path), mode, str(COUNT)],
+        [sys.executable, str(script), *map(str, args)],
         stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 30
@@ -60,13 +63,17 @@ def run_and_kill(journal: Path, ledger: Ledger, mode: str, ready: Callable[[Ledg
                 pytest.fail(f"the child exited early: {child.stderr.read().decode()}")
             if time.monotonic() > deadline:
                 pytest.fail(f"the child never reached the kill point; ledger: {ledger.lines()}")
-            time.sleep(0.005)
+            time.sleep(0.005)  # polling the ledger, not waiting for an outcome
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
         assert child.stderr is not None
         child.stderr.close()
     assert child.returncode == -signal.SIGKILL
+
+
+def run_and_kill(journal: Path, ledger: Ledger, mode: str, ready: Callable[[Ledger], bool]) -> None:
+    kill_when(ready, ledger, CHILD, journal, ledger.path, mode, COUNT)
 
 
 def square(key: str, n: int, hang: bool) -> dict[str, int | str]:
