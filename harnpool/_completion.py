@@ -67,6 +67,7 @@ class AsCompleted:
         #: Ids not yet yielded, in the order given; None until the first step.
         self._pending: dict[str, None] | None = None
         self._inbox = Inbox()
+        self._started = False
         self._closed = False
 
     def __aiter__(self) -> AsCompleted:
@@ -80,7 +81,9 @@ class AsCompleted:
                 if self._timeout is not None:
                     self._deadline = anyio.current_time() + self._timeout
                 self._pending = dict.fromkeys(self._ids)
-                await self._start()
+            if not self._started:
+                await self._start()  # again, whole, if a cancellation interrupted it
+                self._started = True
             if not self._pending:
                 raise StopAsyncIteration
             with anyio.CancelScope(deadline=self._deadline) as scope:
@@ -90,6 +93,8 @@ class AsCompleted:
                 raise WaitTimeout(
                     next(iter(self._pending)), self._timeout, unfinished=len(self._pending)
                 )
+        except anyio.get_cancelled_exc_class():
+            raise  # a step cancelled from outside: the iteration may go on
         except BaseException:
             self.close()
             raise
@@ -170,11 +175,13 @@ class JournalCompletions(AsCompleted):
         while not inbox.arrived:
             await inbox.wait()
             self._tasks.check_usable()
-        task: Task = inbox.arrived.popleft()
+        task: Task = inbox.arrived[0]
         if self._waiter is not None and self._entered.pop(task.record.id, None) is not None:
             self._waits.leave(self._waiter, task)
-        # Finished, but told of only once its final record is durable, as by wait().
+        # Finished, but told of only once its final record is durable, as by wait();
+        # taken from the inbox only then, so a cancelled step loses nothing.
         await self._waits.finished(task)
+        inbox.arrived.popleft()
         return task.record.id
 
     def _unregister(self) -> None:

@@ -793,8 +793,9 @@ class _SharedCompletions(AsCompleted):
     def _watch(self, task_ids: Iterable[str]) -> None:
         watchers = self._pool._watchers
         for task_id in task_ids:
-            watchers.setdefault(task_id, []).append(self._inbox)
-            self._watched.add(task_id)
+            if task_id not in self._watched:
+                watchers.setdefault(task_id, []).append(self._inbox)
+                self._watched.add(task_id)
 
     async def _read(self, task_ids: list[str]) -> None:
         """Read the records of ``task_ids`` (watched first, so no notification is
@@ -825,6 +826,7 @@ class _SharedCompletions(AsCompleted):
         pool = self._pool
         pool._check_usable()
         assert self._pending is not None
+        self._ready.clear()  # a cancelled start is made again, whole
         unread = []
         for task_id in self._pending:
             done = pool._done.get(task_id)
@@ -845,6 +847,7 @@ class _SharedCompletions(AsCompleted):
             inbox.arrived.clear()
             if hinted:
                 self._watched -= hinted  # the pool dropped these registrations when it woke us
+                # Watched again first: should this read be cancelled, a poll finds them.
                 await self._read(list(hinted))
         record = self._ready.popleft()
         self.records[record.id] = record

@@ -335,6 +335,27 @@ class TestAsCompleted:
             assert _registrations(pool) == 0
             gate.set()
 
+    async def test_a_step_cancelled_from_outside_loses_nothing(
+        self, open_on: OpenOn, token: str
+    ) -> None:
+        async with open_on(max_concurrent=2) as pool:
+            gates = _gates(token, 0, 1)
+            ids = await pool.submit_many(Job(gated, token, n) for n in range(2))
+            iterator = pool.as_completed(ids)
+            with anyio.move_on_after(0.05) as scope:
+                await iterator.__anext__()  # nothing has finished yet
+            assert scope.cancelled_caught
+            gates[1].set()
+            with anyio.fail_after(10):
+                assert await iterator.__anext__() == ids[1]
+                with anyio.move_on_after(0.05):
+                    await iterator.__anext__()
+                gates[0].set()
+                assert await iterator.__anext__() == ids[0]
+                with pytest.raises(StopAsyncIteration):
+                    await iterator.__anext__()
+            assert _registrations(pool) == 0
+
     @pytest.mark.parametrize("ids", ["t1", b"t1", 5, None, ["t1", 2]])
     async def test_ids_must_be_an_iterable_of_str(self, open_on: OpenOn, ids: object) -> None:
         async with open_on() as pool:
