@@ -83,10 +83,19 @@ def current_task() -> CurrentTask:
     return CurrentTask(id=record.id, key=record.key, attempt=record.attempts, pool=tasks.path)
 
 
+# structlog's own variables for these keys, as bind_contextvars sets them, taken once
+# (from the tokens it returns) rather than looked up by name at every attempt.
+_bound = contextvars.Context().run(structlog.contextvars.bind_contextvars, task_id=None, key=None)
+_task_id_var: contextvars.ContextVar[Any] = _bound["task_id"].var
+_key_var: contextvars.ContextVar[Any] = _bound["key"].var
+del _bound
+
+
 def _enter(tasks: Tasks, task: Task) -> None:
     running.set((tasks, task))
     record = task.record
-    structlog.contextvars.bind_contextvars(task_id=record.id, key=record.key)
+    _task_id_var.set(record.id)
+    _key_var.set(record.key)
 
 
 def attempt_context(tasks: Tasks, task: Task) -> contextvars.Context:
