@@ -234,7 +234,7 @@ class Tasks:
         # Appended first: if the record cannot be written, the pool's memory is unchanged.
         batch = self.storage.append(record)
         self.counter = seq
-        task = Task(record, job._fn, job._args, context)
+        task = Task(record, job._fn, job._args, None if reason is not None else context)
         task.batch = batch
         self.tasks[record.id] = task
         if job._key is not None:
@@ -309,6 +309,7 @@ class Tasks:
         attached = task.fn is not None
         task.batch = self.set_status(task, record)
         task.args = ()
+        task.context = None  # a finished task keeps none of its submitter's values alive
         if attached:
             self.runnable -= 1
             if self.runnable == 0:

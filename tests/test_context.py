@@ -9,7 +9,9 @@ plain threads on both event loops.
 from __future__ import annotations
 
 import contextvars
+import gc
 import threading
+import weakref
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +24,7 @@ from harnpool import Job
 Backend = Literal["asyncio", "trio"]
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="unset")
+payload_var: contextvars.ContextVar[object] = contextvars.ContextVar("payload_var")
 #: The pool a test's task functions use, under the test's name for it.
 _pools: dict[str, harnpool.Pool] = {}
 #: Set by a task function once it runs.
@@ -104,6 +107,33 @@ class TestRestoredTasks:
             assert await pool.submit(read, key="k") == task_id
             with anyio.fail_after(10):
                 assert await pool.wait(task_id) == "second submitter"
+
+
+class Payload:
+    """A value a submitter's context holds."""
+
+
+async def noop() -> None:
+    pass
+
+
+class TestLifetime:
+    async def test_a_finished_task_keeps_no_submitter_value_alive(self, journal_path: Path) -> None:
+        refs: list[weakref.ref[Payload]] = []
+
+        async def submitter(pool: harnpool.Pool) -> None:
+            # An anyio task of its own: its context dies with it.
+            payload = Payload()
+            refs.append(weakref.ref(payload))
+            payload_var.set(payload)
+            await pool.wait(await pool.submit(noop))
+
+        async with harnpool.open_pool(journal_path) as pool:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(submitter, pool)
+            gc.collect()
+            assert refs[0]() is None
+            assert pool.info("t1").status is harnpool.Status.COMPLETED
 
 
 class TestNested:
