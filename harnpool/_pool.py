@@ -98,6 +98,11 @@ class Pool:
         A function registered with :func:`harnpool.task` is journaled by name
         with its arguments, and resumes on its own when the pool is reopened.
 
+        Each attempt runs in a fresh copy of the caller's ``contextvars``
+        context, as taken at submit (a task a reopen resumes, with no
+        submitter, runs in a clean one); inside it,
+        :func:`harnpool.current_task` says which task and attempt it is.
+
         Whatever ``fn`` raises fails only its own attempt: any Exception, a
         BaseException subclass of its own, even a cancellation exception that
         no cancelled scope of the pool or its host caused (say, from awaiting

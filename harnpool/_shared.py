@@ -334,6 +334,9 @@ class SharedPool(Pool):
     async def submit_many(self, jobs: Iterable[Job]) -> list[str]:
         """Submit several tasks in one transaction; see :meth:`Pool.submit_many`.
 
+        Unlike a journal pool's, these tasks run in a clean ``contextvars``
+        context: a context cannot travel to the process that claims them.
+
         Raises:
             TypeError: What :meth:`Pool.submit_many` raises, and also for a
                 function another process cannot find by name (a lambda, a
