@@ -136,6 +136,36 @@ class TestLifetime:
             assert pool.info("t1").status is harnpool.Status.COMPLETED
 
 
+_release = threading.Event()
+
+
+def stuck_then_read() -> list[Any]:
+    """A plain function: its first attempt outlives its timeout, in its thread."""
+    attempt = harnpool.current_task().attempt
+    request_id.set(f"attempt {attempt}")
+    if attempt == 1:
+        _release.wait(10)
+    return [attempt, request_id.get()]
+
+
+class TestThreads:
+    async def test_a_retry_runs_beside_its_abandoned_thread_in_a_context_of_its_own(
+        self, journal_path: Path
+    ) -> None:
+        _release.clear()
+        try:
+            async with harnpool.open_pool(
+                journal_path, max_concurrent=2, retries=1, retry_backoff=0.01
+            ) as pool:
+                request_id.set("submitter")
+                task_id = await pool.submit(stuck_then_read, timeout=0.2)
+                with anyio.fail_after(10):
+                    assert await pool.wait(task_id) == [2, "attempt 2"]
+                _release.set()
+        finally:
+            _release.set()
+
+
 class TestNested:
     async def test_a_child_task_sees_its_parents_variables_but_is_its_own_task(
         self, journal_path: Path
