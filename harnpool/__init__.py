@@ -1,6 +1,7 @@
 """harnpool: an asyncio task pool whose every transition is journaled to disk."""
 
 from ._blocking import BlockingPool, open_blocking_pool
+from ._context import CurrentTask, current_task
 from ._errors import (
     ArgumentsNotEncodableError,
     DatabaseError,
@@ -13,6 +14,7 @@ from ._errors import (
     JournalVersionError,
     JournalWriteError,
     NotEncodableError,
+    NotInTaskError,
     PoolClosedError,
     QueueFull,
     ResultNotEncodableError,
@@ -38,6 +40,7 @@ from ._registry import task
 __all__ = [
     "ArgumentsNotEncodableError",
     "BlockingPool",
+    "CurrentTask",
     "DatabaseError",
     "HarnpoolError",
     "Job",
@@ -49,6 +52,7 @@ __all__ = [
     "JournalVersionError",
     "JournalWriteError",
     "NotEncodableError",
+    "NotInTaskError",
     "OnFull",
     "Pool",
     "PoolClosedError",
@@ -71,6 +75,7 @@ __all__ = [
     "WaitDeadlock",
     "WaitTimeout",
     "WrongThreadError",
+    "current_task",
     "open_blocking_pool",
     "open_pool",
     "task",

@@ -22,6 +22,7 @@ catch a builtin, the error subclasses it too::
     ├── WaitTimeout (TimeoutError)             wait(timeout=...) ran out; the task goes on
     ├── WaitDeadlock (RuntimeError)            a task waits for one no free slot can ever run
     ├── WrongThreadError (RuntimeError)        a pool was called from a thread it cannot serve
+    ├── NotInTaskError (RuntimeError)          current_task() was called outside a task
     ├── TaskNotAttached                        wait() on a task whose function is not known here
     ├── TaskCrashLoop                          crashes interrupted a task more than max_recoveries
     │                                          times: the error it is failed with
@@ -47,6 +48,7 @@ __all__ = [
     "JournalWriteError",
     "ArgumentsNotEncodableError",
     "NotEncodableError",
+    "NotInTaskError",
     "PoolClosedError",
     "QueueFull",
     "ResultNotEncodableError",
@@ -333,13 +335,26 @@ class QueueFull(HarnpoolError):
 class WaitTimeout(HarnpoolError, TimeoutError):
     """``wait(timeout=...)`` ran out before the task finished; the task goes on.
 
+    Also raised by ``as_completed`` and ``results`` when their ``timeout`` runs
+    out: then ``task_id`` is the first (in the order given) of the tasks that
+    had not finished, and ``unfinished`` how many had not.
+
     Attributes:
         task_id: The task waited for.
+        unfinished: How many of the tasks waited for had not finished (1 for ``wait``).
     """
 
-    def __init__(self, task_id: str, timeout: float) -> None:
-        super().__init__(f"task {task_id} did not finish within {timeout} seconds")
+    def __init__(self, task_id: str, timeout: float, *, unfinished: int = 1) -> None:
+        more = (
+            "" if unfinished <= 1 else f" (nor did {unfinished - 1} more of the tasks waited for)"
+        )
+        super().__init__(f"task {task_id} did not finish within {timeout} seconds{more}")
         self.task_id = task_id
+        self.unfinished = unfinished
+
+
+class NotInTaskError(HarnpoolError, RuntimeError):
+    """:func:`harnpool.current_task` was called outside a task a pool runs."""
 
 
 class WaitDeadlock(HarnpoolError, RuntimeError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import threading
 from collections.abc import AsyncIterator, Iterable
@@ -12,6 +13,8 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from ._completion import AsCompleted, JournalCompletions
+from ._context import running, submitter
 from ._errors import (
     JournalWriteError,
     PoolClosedError,
@@ -31,6 +34,7 @@ from ._settings import (
     check_path,
     check_shared,
     check_task_id,
+    check_task_ids,
     check_wait_timeout,
     is_dsn,
 )
@@ -39,7 +43,7 @@ from ._task import Job, Task, TaskFunction
 from ._threads import check_loop_thread
 from ._transitions import Tasks
 from ._waiting import Waits
-from ._worker import Workers, running
+from ._worker import Workers
 
 __all__ = ["Job", "OnFull", "Pool", "open_pool"]
 
@@ -93,6 +97,11 @@ class Pool:
         coroutine object, since only a function can run again after a crash.
         A function registered with :func:`harnpool.task` is journaled by name
         with its arguments, and resumes on its own when the pool is reopened.
+
+        Each attempt runs in a fresh copy of the caller's ``contextvars``
+        context, as taken at submit (a task a reopen resumes, with no
+        submitter, runs in a clean one); inside it,
+        :func:`harnpool.current_task` says which task and attempt it is.
 
         Whatever ``fn`` raises fails only its own attempt: any Exception, a
         BaseException subclass of its own, even a cancellation exception that
@@ -183,21 +192,24 @@ class Pool:
                 raise TypeError(f"jobs must hold only Job objects, not {type(job).__qualname__}")
         prepared = [self._tasks.prepare(job) for job in jobs]  # every check before any write
         self._tasks.check_usable()
+        # Each attempt runs in a copy of it (a copy is O(1)): what it sets stays there.
+        context = submitter.get() or contextvars.copy_context()
         tasks: list[Task] = []
         try:
             for job, record in zip(jobs, prepared, strict=True):
-                existing = self._tasks.existing(job)
+                existing = self._tasks.existing(job, context)
                 if existing is not None:
                     tasks.append(existing)
                     continue
                 reason = None
                 if self._tasks.bounded:
                     reason = await self._tasks.admit()
-                    existing = self._tasks.existing(job)  # admit may have waited: look again
+                    # admit may have waited: look again
+                    existing = self._tasks.existing(job, context)
                     if existing is not None:
                         tasks.append(existing)
                         continue
-                tasks.append(self._tasks.add(job, record, reason))
+                tasks.append(self._tasks.add(job, record, reason, context))
         finally:
             # Each new task is queued by its batch's callback once durable (see
             # _add), so a submitter cancelled here loses nothing: no shield needed.
@@ -268,6 +280,84 @@ class Pool:
         finally:
             if waiter is not None:
                 self._waits.leave(waiter, task)
+        return decode_outcome(task.record, task.fn, task.exc)
+
+    def as_completed(self, ids: Iterable[str], *, timeout: float | None = None) -> AsCompleted:
+        """Iterate over task ids in the order their tasks finish:
+        ``async for task_id in pool.as_completed(ids):``.
+
+        Each id is yielded once its task has finished, however it finished
+        (completed, failed, cancelled, rejected), when :meth:`wait` would
+        return or raise for it; call :meth:`wait` for the outcome. Tasks
+        already finished come first, in the order given. An id given more
+        than once is yielded once. Breaking out of the loop, or calling the
+        iterator's ``aclose()``, stops waiting; the tasks are not affected.
+
+        Args:
+            ids: The ids of the tasks to wait for, read at once.
+            timeout: Seconds the whole iteration may take, counted from its
+                first step; the tasks are not affected.
+
+        Returns:
+            An async iterator of task ids.
+
+        Raises:
+            TypeError: ``ids`` is a str or not an iterable of str, or
+                ``timeout`` is not a number or None (raised by the call).
+            ValueError: ``timeout`` is negative or not finite (by the call).
+            UnknownTaskError: No task has one of the ids (from the first step,
+                as every error below).
+            TaskNotAttached: As for :meth:`wait`.
+            WaitDeadlock: As for :meth:`wait`, for any of the tasks.
+            WaitTimeout: ``timeout`` ran out; ``task_id`` names the first
+                unfinished task in the order given. The iteration ends.
+            PoolClosedError: The pool closed before the tasks finished.
+            JournalWriteError: The journal failed; the pool has stopped.
+        """
+        check_loop_thread(self._loop_thread, pool=self.path, method="Pool.as_completed")
+        checked = check_task_ids(ids)
+        timeout = check_wait_timeout(timeout)
+        current = running.get()
+        waiter = current[1] if current is not None and current[0] is self._tasks else None
+        return JournalCompletions(
+            self._tasks, self._waits, waiter, checked, timeout, self._loop_thread
+        )
+
+    async def results(self, ids: Iterable[str], *, timeout: float | None = None) -> list[Any]:
+        """Wait for every task in ``ids`` to finish and return their results, in that order.
+
+        Each result is what :meth:`wait` returns for its id (an id given
+        twice gives its result twice). If a task did not complete, once every
+        task has finished this raises what :meth:`wait` raises for the first
+        such id in the order given, so the error does not depend on which
+        task happened to finish first, and every task can be inspected at once.
+
+        Args:
+            ids: The ids of the tasks, read at once.
+            timeout: Seconds to wait for all of them; the tasks are not affected.
+
+        Returns:
+            The results, in the order of ``ids``.
+
+        Raises:
+            TypeError, ValueError, UnknownTaskError, TaskNotAttached,
+            WaitDeadlock, WaitTimeout, PoolClosedError, JournalWriteError:
+                As for :meth:`as_completed`.
+            TaskFailed, TaskCancelled, TaskRejected: The first task in the
+                order given that did not complete, as :meth:`wait` raises.
+        """
+        check_loop_thread(self._loop_thread, pool=self.path, method="Pool.results")
+        iterator = self.as_completed(ids, timeout=timeout)
+        try:
+            async for _ in iterator:
+                pass
+        finally:
+            iterator.close()
+        return [self._outcome(iterator, task_id) for task_id in iterator._ids]
+
+    def _outcome(self, iterator: AsCompleted, task_id: str) -> Any:
+        """What :meth:`wait` gives for a task ``iterator`` saw finish."""
+        task = self._tasks.get(task_id)
         return decode_outcome(task.record, task.fn, task.exc)
 
     async def cancel(self, task_id: str) -> bool:

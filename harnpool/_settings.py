@@ -31,6 +31,7 @@ __all__ = [
     "check_path",
     "check_shared",
     "check_task_id",
+    "check_task_ids",
     "check_task_options",
     "check_wait_timeout",
     "is_dsn",
@@ -161,6 +162,17 @@ def check_task_id(task_id: object) -> str:
     if not isinstance(task_id, str):
         raise _type_error("task_id", "a str", task_id)
     return task_id
+
+
+def check_task_ids(ids: object) -> list[str]:
+    """Task ids to wait for: an iterable of ``str`` (but not a ``str`` itself), read once."""
+    if isinstance(ids, str | bytes) or not isinstance(ids, Iterable):
+        raise _type_error("ids", "an iterable of task ids (str)", ids)
+    checked = list(ids)
+    for task_id in checked:
+        if not isinstance(task_id, str):
+            raise TypeError(f"ids must hold only task ids (str), not {type(task_id).__qualname__}")
+    return checked
 
 
 def check_wait_timeout(timeout: object) -> float | None:

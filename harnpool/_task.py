@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
@@ -23,12 +24,20 @@ TaskFunction = Callable[..., Awaitable[Any]] | Callable[..., Any]
 class Task:
     """A task's latest record plus what only this process knows about it."""
 
-    __slots__ = ("args", "batch", "cancelling", "done", "exc", "fn", "record", "scope")
+    __slots__ = ("args", "batch", "cancelling", "context", "done", "exc", "fn", "record", "scope")
 
-    def __init__(self, record: TaskRecord, fn: TaskFunction | None, args: tuple[Any, ...]) -> None:
+    def __init__(
+        self,
+        record: TaskRecord,
+        fn: TaskFunction | None,
+        args: tuple[Any, ...],
+        context: contextvars.Context | None = None,
+    ) -> None:
         self.record = record
         self.fn = fn
         self.args = args
+        #: The submitter's context, each attempt runs in a copy; None: a clean one.
+        self.context = context
         #: The batch holding the latest record someone must not hear of before it is durable.
         self.batch: Durable | None = None
         #: Set when the task finishes (or the pool stops); made only when someone waits.

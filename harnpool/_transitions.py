@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import random
 import time
@@ -62,6 +63,9 @@ class Tasks:
         self.random = random.Random()
         #: The pool's default ``retry_on``, as stored.
         self.retry_on = _retry_names(settings.retry_on)
+        #: Called when the task of that id finishes (before its record is durable):
+        #: how ``as_completed`` learns of it without a waiter per task.
+        self.watchers: dict[str, list[Callable[[Task | None], object]]] = {}
 
     def load(self, records: list[TaskRecord]) -> None:
         """Take in the records storage found on open, functions unknown yet."""
@@ -117,6 +121,9 @@ class Tasks:
     def wake_all(self) -> None:
         self.idle.set()
         self.room.set()
+        for watchers in list(self.watchers.values()):
+            for watch in watchers:
+                watch(None)
         for task in self.tasks.values():
             if task.done is not None:
                 task.done.set()
@@ -152,7 +159,7 @@ class Tasks:
             timeout=settings.timeout if job._timeout is None else job._timeout,
         )
 
-    def existing(self, job: Job) -> Task | None:
+    def existing(self, job: Job, context: contextvars.Context | None = None) -> Task | None:
         if job._key is None:
             return None
         task_id = self.by_key.get(job._key)
@@ -161,7 +168,7 @@ class Tasks:
         task = self.tasks[task_id]
         if task.fn is None:
             if task.record.status is Status.QUEUED:
-                self.attach(task, job._fn, job._args)
+                self.attach(task, job._fn, job._args, context)
             else:
                 # Finished: it never runs again, but its function's return
                 # annotation now types the stored result for wait().
@@ -210,7 +217,13 @@ class Tasks:
             self.check_usable()
         return None
 
-    def add(self, job: Job, template: TaskRecord, reason: str | None) -> Task:
+    def add(
+        self,
+        job: Job,
+        template: TaskRecord,
+        reason: str | None,
+        context: contextvars.Context | None = None,
+    ) -> Task:
         seq = self.counter + 1
         now = time.time()
         record = msgspec.structs.replace(template, id=f"t{seq}", seq=seq, submitted_at=now)
@@ -221,7 +234,7 @@ class Tasks:
         # Appended first: if the record cannot be written, the pool's memory is unchanged.
         batch = self.storage.append(record)
         self.counter = seq
-        task = Task(record, job._fn, job._args)
+        task = Task(record, job._fn, job._args, None if reason is not None else context)
         task.batch = batch
         self.tasks[record.id] = task
         if job._key is not None:
@@ -244,9 +257,16 @@ class Tasks:
             )
         return task
 
-    def attach(self, task: Task, fn: TaskFunction, args: tuple[Any, ...]) -> None:
+    def attach(
+        self,
+        task: Task,
+        fn: TaskFunction,
+        args: tuple[Any, ...],
+        context: contextvars.Context | None = None,
+    ) -> None:
         task.fn = fn
         task.args = args
+        task.context = context
         self.runnable += 1
         self.enqueue(task)
 
@@ -289,6 +309,7 @@ class Tasks:
         attached = task.fn is not None
         task.batch = self.set_status(task, record)
         task.args = ()
+        task.context = None  # a finished task keeps none of its submitter's values alive
         if attached:
             self.runnable -= 1
             if self.runnable == 0:
@@ -296,6 +317,9 @@ class Tasks:
         if task.done is not None:
             # Wake waiters once the final record is durable: one wake-up, not two.
             task.batch.on_durable.append(task.done.set)
+        if self.watchers:
+            for watch in self.watchers.pop(record.id, ()):
+                watch(task)
 
     def end(self, task: Task, status: Status, *, reason: str) -> None:
         """Record a task cancelled or rejected without a (further) run."""
