@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import datetime
 import functools
 import os
 import threading
@@ -100,11 +101,14 @@ class BlockingPool:
         retries: int | None = None,
         retry_on: Iterable[type[BaseException]] | None = None,
         timeout: float | None = None,
+        delay: float | None = None,
+        run_at: datetime.datetime | None = None,
     ) -> str:
         """Submit ``fn(*args)`` to run, and return the task's id once that is durable.
 
         As :meth:`Pool.submit`: an async ``fn`` runs on the pool's event loop,
-        a plain one in a worker thread.
+        a plain one in a worker thread; ``delay`` or ``run_at`` hold it back
+        until it is due.
 
         Returns:
             The task's id.
@@ -123,6 +127,8 @@ class BlockingPool:
             retries=retries,
             retry_on=retry_on,
             timeout=timeout,
+            delay=delay,
+            run_at=run_at,
         )
         return self._call("submit", call)
 

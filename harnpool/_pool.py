@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import threading
 from collections.abc import AsyncIterator, Iterable
@@ -85,6 +86,8 @@ class Pool:
         retries: int | None = None,
         retry_on: Iterable[type[BaseException]] | None = None,
         timeout: float | None = None,
+        delay: float | None = None,
+        run_at: datetime.datetime | None = None,
     ) -> str:
         """Submit ``fn(*args)`` to run, and return the task's id once that is durable.
 
@@ -121,6 +124,11 @@ class Pool:
                 retried only if named here).
             timeout: Seconds an attempt may run before it is cancelled and
                 counts as a failed attempt (default: the pool's).
+            delay: Seconds from now before the task may start. The task is
+                queued at once (``info().not_before`` holds its due time, kept
+                across a restart); once due, it runs in the queue's order.
+            run_at: An aware datetime before which the task does not start
+                (the other way to say ``delay``; give one or neither).
 
         Returns:
             The task's id.
@@ -130,11 +138,14 @@ class Pool:
                 option has the wrong type: ``key`` and ``group`` must be str or
                 None, ``priority`` an int (not a bool), ``retries`` an int or
                 None, ``retry_on`` an iterable of exception types or None,
-                ``timeout`` a number or None. Nothing was written.
+                ``timeout`` and ``delay`` numbers or None, ``run_at`` a datetime
+                or None; or both ``delay`` and ``run_at`` were given. Nothing
+                was written.
             ValueError: An option is out of range: a ``key`` or ``group`` that
                 does not encode as UTF-8 (a lone surrogate), a ``priority`` or
                 ``retries`` beyond 64 bits, ``retries`` below 0, a ``timeout``
-                not finite or not above 0. Nothing was written.
+                not finite or not above 0, a ``delay`` negative or not finite,
+                a naive ``run_at``. Nothing was written.
             ArgumentsNotEncodableError: ``fn`` is registered and ``args`` cannot
                 be stored; nothing was written.
             QueueFull: The queue is full and ``on_full`` is ``"reject"``.
@@ -151,6 +162,8 @@ class Pool:
             retries=retries,
             retry_on=retry_on,
             timeout=timeout,
+            delay=delay,
+            run_at=run_at,
         )
         return (await self.submit_many([job]))[0]
 
@@ -370,6 +383,7 @@ class Pool:
         tasks = self._tasks
         tasks.tg = tg
         tg.start_soon(self._storage.run)
+        tg.start_soon(tasks.run_timer)
         self._workers.start(tg)
         for task in tasks.queued.values():
             if task.fn is not None:

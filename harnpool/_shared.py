@@ -38,6 +38,7 @@ import random
 import secrets
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -324,6 +325,7 @@ class SharedPool(Pool):
             retries=settings.retries if job.retries is None else job.retries,
             retry_on=self._retry_on if retry_on is None else _retry_names(retry_on),
             timeout=settings.timeout if job.timeout is None else job.timeout,
+            not_before=job.not_before(time.time()),
         )
 
     async def submit_many(self, jobs: Iterable[Job]) -> list[str]:
@@ -527,7 +529,9 @@ class SharedPool(Pool):
                         self._busy += 1
                         task = self._running[record.id] = _Claimed(record)
                         tg.start_soon(self._run_claimed, task)
-                    if not claim.started:
+                    if len(claim.started) < free:
+                        # Workers stay free: sleep no longer than until the next
+                        # delayed task is due (a submit's notification wakes sooner).
                         due = await self._call(self._store.seconds_until_due)
                         if due is not None and due > 0:
                             delay = min(POLL, due)
