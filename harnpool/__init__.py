@@ -3,8 +3,10 @@
 from ._blocking import BlockingPool, open_blocking_pool
 from ._errors import (
     ArgumentsNotEncodableError,
+    CronUnavailableError,
     DatabaseError,
     HarnpoolError,
+    InvalidCronError,
     JournalCorruptError,
     JournalError,
     JournalLinkError,
@@ -34,12 +36,16 @@ from ._pool import Job, OnFull, Pool, open_pool
 from ._queue import Strategy
 from ._records import Status
 from ._registry import task
+from ._schedule import CatchUp
 
 __all__ = [
     "ArgumentsNotEncodableError",
     "BlockingPool",
+    "CatchUp",
+    "CronUnavailableError",
     "DatabaseError",
     "HarnpoolError",
+    "InvalidCronError",
     "Job",
     "JournalCorruptError",
     "JournalError",

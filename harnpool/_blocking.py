@@ -17,6 +17,7 @@ from ._errors import PoolClosedError
 from ._info import PoolStatistics, RecoveryReport, TaskInfo
 from ._pool import Job, OnFull, Pool, open_pool
 from ._queue import Strategy
+from ._schedule import CatchUp
 from ._threads import check_not_loop_thread
 
 __all__ = ["BlockingPool", "open_blocking_pool"]
@@ -131,6 +132,35 @@ class BlockingPool:
             run_at=run_at,
         )
         return self._call("submit", call)
+
+    def schedule(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        *,
+        every: datetime.timedelta | float | None = None,
+        cron: str | None = None,
+        catch_up: CatchUp = "latest",
+    ) -> list[str]:
+        """Run a registered function periodically while the pool is open.
+
+        As :meth:`Pool.schedule`.
+
+        Returns:
+            The ids of the tasks submitted for missed slots.
+
+        Raises:
+            The errors of :meth:`Pool.schedule`; WrongThreadError if called on
+            the pool's event loop thread.
+        """
+        call = functools.partial(
+            self._pool.schedule, name, fn, every=every, cron=cron, catch_up=catch_up
+        )
+        return self._call("schedule", call)
+
+    def unschedule(self, name: str) -> bool:
+        """Stop the schedule ``name``, as :meth:`Pool.unschedule`."""
+        return self._call("unschedule", functools.partial(self._pool.unschedule, name))
 
     def submit_many(self, jobs: Iterable[Job]) -> list[str]:
         """Submit several tasks, with one durable write where nothing blocks, and return their ids.

@@ -58,6 +58,7 @@ from ._records import FINISHED, Status, TaskRecord
 from ._registry import decode_args, encode_args, registered_name, resolve
 from ._results import decode_outcome, error_message, storable
 from ._retry import backoff, retryable
+from ._schedule import Schedules
 from ._settings import (
     _retry_names,
     _Settings,
@@ -239,6 +240,7 @@ class SharedPool(Pool):
         self._retry_on = _retry_names(settings.retry_on)
         self._work_done = anyio.Event()
         self._closed = False
+        self._schedules = Schedules(shared.name, self._keys_with, self.submit_many)
         self.recovery = RecoveryReport(
             path=shared.name,
             created=True,
@@ -489,7 +491,13 @@ class SharedPool(Pool):
 
     # -- running tasks ----------------------------------------------------------------
 
+    async def _keys_with(self, prefix: str) -> list[str]:
+        """The greatest key with ``prefix`` (the newest slot's, for a schedule)."""
+        key = await self._call_again(self._store.newest_key, prefix)
+        return [] if key is None else [key]
+
     def _start(self, tg: anyio.abc.TaskGroup) -> None:
+        self._schedules.start(tg)
         self._runner.start(tg)
         tg.start_soon(self._listen)
         if self._shared.workers:
@@ -734,6 +742,7 @@ class SharedPool(Pool):
 
     async def _drain(self) -> None:
         """Wait for the tasks submitted here (if this process runs tasks), then for its attempts."""
+        self._schedules.stop()
         if self._shared.workers:
             for task_id in list(self._submitted):
                 with contextlib.suppress(UnknownTaskError):  # deleted meanwhile
@@ -746,6 +755,7 @@ class SharedPool(Pool):
 
     async def _abandon(self) -> None:
         """Stop the attempts running here: they stay ``running`` until their lease expires."""
+        self._schedules.stop()
         self._claiming = False
         self._runner.scope.cancel()
 

@@ -62,6 +62,11 @@ EXPECTED = {
         "then wait -> 'slow done'",
         "reopened on trio: resumed ('t20',)",
     ],
+    "11_scheduled.py": [
+        "ms after its due time",
+        "heartbeat slots:",
+        "reopened: caught up on 1 missed slot: ['heartbeat@",
+    ],
 }
 
 
