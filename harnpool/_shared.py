@@ -517,6 +517,9 @@ class SharedPool(Pool):
 
     async def _claim_loop(self, tg: anyio.abc.TaskGroup) -> None:
         settings = self._settings
+        #: Whether the last claim left due tasks behind: the pool's limit holds them,
+        #: unless they became due between the claim and the look at the next due time.
+        behind = False
         while self._claiming:
             self._claim_wanted = anyio.Event()
             free = self._shared.workers - self._busy
@@ -543,6 +546,11 @@ class SharedPool(Pool):
                         due = await self._call(self._store.seconds_until_due)
                         if due is not None and due > 0:
                             delay = min(POLL, due)
+                        elif due is not None and not behind:
+                            delay = 0.0  # claim once more before waiting for a free slot
+                        behind = due is not None and due <= 0
+                    else:
+                        behind = False
                 except DatabaseError as exc:
                     emit("error", "pool.claim_failed", pool=self._name, error=str(exc))
             with anyio.move_on_after(delay):

@@ -1,4 +1,4 @@
-"""Delayed tasks on the journal: one timer for every delayed task, woken for an earlier one.
+"""Delayed tasks: the journal's one timer for every delayed task, and PostgreSQL's claimer.
 
 What every storage does with ``delay`` and ``run_at`` is tested in
 tests/storage/test_shared.py; this file tests the journal pool's timer.
@@ -6,6 +6,8 @@ tests/storage/test_shared.py; this file tests the journal pool's timer.
 
 from __future__ import annotations
 
+import datetime
+import time
 from pathlib import Path
 
 import anyio
@@ -62,3 +64,33 @@ def test_the_blocking_pool_submits_with_a_delay(journal_path: Path, backend: str
             pool.submit(sync_noop, delay=-1)
         ids = pool.submit_many([Job(sync_noop, delay=0.01)])
         assert pool.wait(ids[0], timeout=10) == 2
+
+
+async def stamp() -> float:
+    return time.time()
+
+
+async def test_a_task_due_between_a_claim_and_the_due_lookup_is_claimed_at_once(
+    postgres_url: str, pool_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("psycopg")
+    from harnpool import _shared
+    from harnpool._pg import PostgresStore
+
+    # Nothing but the claimer's own decision may start the task: no poll in the test's time.
+    monkeypatch.setattr(_shared, "POLL", 60.0)
+    due = time.time() + 0.5
+    lookup = PostgresStore.seconds_until_due
+
+    def late_lookup(self: PostgresStore) -> float | None:
+        # The claim before found nothing due; the task becomes due before this answers.
+        time.sleep(max(0.0, due + 0.01 - time.time()))
+        return lookup(self)
+
+    run_at = datetime.datetime.fromtimestamp(due, datetime.UTC)
+    async with harnpool.open_pool(postgres_url, name=pool_name, workers=0) as client:
+        task_id = await client.submit(stamp, run_at=run_at)
+    monkeypatch.setattr(PostgresStore, "seconds_until_due", late_lookup)
+    with anyio.fail_after(20):
+        async with harnpool.open_pool(postgres_url, name=pool_name) as pool:
+            assert await pool.wait(task_id) >= due - 1e-5
