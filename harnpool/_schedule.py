@@ -31,7 +31,7 @@ import anyio.abc
 
 from ._errors import (
     CronUnavailableError,
-    DatabaseError,
+    HarnpoolError,
     InvalidCronError,
     JournalWriteError,
     PoolClosedError,
@@ -327,7 +327,9 @@ class Schedules:
                     await self._fire(plan, due, catch_up=False)
                 except (PoolClosedError, JournalWriteError):
                     return  # the pool is closing or has failed: nothing more to schedule
-                except DatabaseError as exc:
+                except HarnpoolError as exc:
+                    # The database failed, or a full queue refused the task: this
+                    # slot is skipped (another process may fire it), not the schedule.
                     emit(
                         "error",
                         "schedule.submit_failed",

@@ -327,7 +327,7 @@ class SharedPool(Pool):
             retries=settings.retries if job.retries is None else job.retries,
             retry_on=self._retry_on if retry_on is None else _retry_names(retry_on),
             timeout=settings.timeout if job.timeout is None else job.timeout,
-            not_before=job.not_before(time.time()),
+            not_before=job._not_before(time.time()),
         )
 
     async def submit_many(self, jobs: Iterable[Job]) -> list[str]:

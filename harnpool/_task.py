@@ -194,7 +194,7 @@ class Job:
             return None
         return datetime.datetime.fromtimestamp(self._run_at, datetime.UTC)
 
-    def not_before(self, now: float) -> float | None:
+    def _not_before(self, now: float) -> float | None:
         """The Unix time the task is due, for a submit at ``now``; None if it is due at once."""
         if self._run_at is not None:
             return self._run_at

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import sys
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -117,3 +118,37 @@ def test_the_blocking_pool_schedules_and_unschedules(journal_path: Path, backend
             pool.schedule("s", seen, every=3600)
         assert pool.unschedule("s")
         assert not pool.unschedule("s")
+
+
+async def test_a_slot_a_full_queue_refuses_is_skipped_and_the_schedule_goes_on(
+    journal_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refused = anyio.Event()
+    emit = _schedule.emit  # type: ignore[attr-defined]
+
+    def watch(level: str, event: str, **fields: Any) -> None:
+        if event == "schedule.submit_failed":
+            refused.set()
+        emit(level, event, **fields)
+
+    monkeypatch.setattr(_schedule, "emit", watch)
+    gate, started = anyio.Event(), anyio.Event()
+
+    async def hold() -> None:
+        started.set()
+        await gate.wait()
+
+    _seen.clear()
+    _beat["event"] = fired = anyio.Event()
+    with anyio.fail_after(20):
+        async with harnpool.open_pool(
+            journal_path, max_concurrent=1, max_queued=1, on_full="reject"
+        ) as pool:
+            await pool.submit(hold)
+            await started.wait()
+            await pool.submit(hold)  # queued behind the first: the queue is full
+            await pool.schedule("s", beat, every=0.1)
+            await refused.wait()
+            gate.set()
+            await fired.wait()
+            pool.unschedule("s")
