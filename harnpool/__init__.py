@@ -4,8 +4,10 @@ from ._blocking import BlockingPool, open_blocking_pool
 from ._context import CurrentTask, current_task
 from ._errors import (
     ArgumentsNotEncodableError,
+    CronUnavailableError,
     DatabaseError,
     HarnpoolError,
+    InvalidCronError,
     JournalCorruptError,
     JournalError,
     JournalLinkError,
@@ -36,13 +38,17 @@ from ._pool import Job, OnFull, Pool, open_pool
 from ._queue import Strategy
 from ._records import Status
 from ._registry import task
+from ._schedule import CatchUp
 
 __all__ = [
     "ArgumentsNotEncodableError",
     "BlockingPool",
+    "CatchUp",
+    "CronUnavailableError",
     "CurrentTask",
     "DatabaseError",
     "HarnpoolError",
+    "InvalidCronError",
     "Job",
     "JournalCorruptError",
     "JournalError",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import contextvars
+import datetime
 import functools
 import os
 import threading
@@ -20,6 +21,7 @@ from ._errors import PoolClosedError, WrongThreadError
 from ._info import PoolStatistics, RecoveryReport, TaskInfo
 from ._pool import Job, OnFull, Pool, open_pool
 from ._queue import Strategy
+from ._schedule import CatchUp
 from ._threads import check_not_loop_thread
 
 __all__ = ["BlockingPool", "open_blocking_pool"]
@@ -104,11 +106,14 @@ class BlockingPool:
         retries: int | None = None,
         retry_on: Iterable[type[BaseException]] | None = None,
         timeout: float | None = None,
+        delay: float | None = None,
+        run_at: datetime.datetime | None = None,
     ) -> str:
         """Submit ``fn(*args)`` to run, and return the task's id once that is durable.
 
         As :meth:`Pool.submit`: an async ``fn`` runs on the pool's event loop,
-        a plain one in a worker thread.
+        a plain one in a worker thread; ``delay`` or ``run_at`` hold it back
+        until it is due.
 
         Returns:
             The task's id.
@@ -127,11 +132,42 @@ class BlockingPool:
             retries=retries,
             retry_on=retry_on,
             timeout=timeout,
+            delay=delay,
+            run_at=run_at,
         )
         # Its tasks run in a copy of this thread's context, not the event loop's.
         return self._call(
             "submit", functools.partial(_submitting, contextvars.copy_context(), submit)
         )
+
+    def schedule(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        *,
+        every: datetime.timedelta | float | None = None,
+        cron: str | None = None,
+        catch_up: CatchUp = "latest",
+    ) -> list[str]:
+        """Run a registered function periodically while the pool is open.
+
+        As :meth:`Pool.schedule`.
+
+        Returns:
+            The ids of the tasks submitted for missed slots.
+
+        Raises:
+            The errors of :meth:`Pool.schedule`; WrongThreadError if called on
+            the pool's event loop thread.
+        """
+        call = functools.partial(
+            self._pool.schedule, name, fn, every=every, cron=cron, catch_up=catch_up
+        )
+        return self._call("schedule", call)
+
+    def unschedule(self, name: str) -> bool:
+        """Stop the schedule ``name``, as :meth:`Pool.unschedule`."""
+        return self._call("unschedule", functools.partial(self._pool.unschedule, name))
 
     def submit_many(self, jobs: Iterable[Job]) -> list[str]:
         """Submit several tasks, with one durable write where nothing blocks, and return their ids.

@@ -14,6 +14,8 @@ catch a builtin, the error subclasses it too::
     ├── DatabaseError                          PostgreSQL failed or could not be reached: pool
     │   └── SchemaVersionError                 a newer harnpool upgraded the database's schema
     ├── PoolClosedError (RuntimeError)         the pool was used after it closed
+    ├── InvalidCronError (ValueError)          a schedule's cron expression cannot be parsed
+    ├── CronUnavailableError (ImportError)     cron= without the cron extra (cronsim) installed
     ├── QueueFull                              max_queued reached with on_full="reject"
     ├── UnknownTaskError (KeyError)            no task has that id
     ├── NotEncodableError (TypeError)          a value cannot be stored as JSON
@@ -37,8 +39,10 @@ from __future__ import annotations
 import os
 
 __all__ = [
+    "CronUnavailableError",
     "DatabaseError",
     "HarnpoolError",
+    "InvalidCronError",
     "JournalCorruptError",
     "JournalError",
     "JournalLinkError",
@@ -312,6 +316,35 @@ class PoolClosedError(HarnpoolError, RuntimeError):
     :meth:`Pool.cancel` raises it also while the pool stops: once the block was
     left by an exception or cancellation, or has drained.
     """
+
+
+class InvalidCronError(HarnpoolError, ValueError):
+    """A schedule's ``cron`` expression cannot be parsed; nothing was scheduled.
+
+    Attributes:
+        expression: The expression as given.
+        schedule: The schedule's name.
+    """
+
+    def __init__(self, *, expression: str, schedule: str, reason: str) -> None:
+        super().__init__(
+            f"schedule {schedule!r}: cron={expression!r} is not a valid cron expression "
+            f"({reason}); give five fields (minute hour day month weekday), or six with "
+            "seconds first, e.g. '*/5 * * * *'"
+        )
+        self.expression = expression
+        self.schedule = schedule
+
+
+class CronUnavailableError(HarnpoolError, ImportError):
+    """``cron=`` was given, but the cron extra (the cronsim package) is not installed."""
+
+    def __init__(self, *, schedule: str) -> None:
+        super().__init__(
+            f"schedule {schedule!r}: cron= needs the cronsim package: install harnpool[cron] "
+            "(pip install 'harnpool[cron]'), or schedule with every= instead"
+        )
+        self.schedule = schedule
 
 
 class UnknownTaskError(HarnpoolError, KeyError):

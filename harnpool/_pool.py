@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import datetime
 import os
 import threading
 from collections.abc import AsyncIterator, Iterable
@@ -28,6 +29,7 @@ from ._queue import Strategy
 from ._records import FINISHED, Status
 from ._recovery import opened_events, recover
 from ._results import decode_outcome
+from ._schedule import CatchUp, Schedules, check_schedule
 from ._settings import (
     OnFull,
     _Settings,
@@ -60,6 +62,7 @@ class Pool:
         self._workers = Workers(self._tasks)
         self._waits = Waits(self._tasks)
         self.recovery = recover(self._tasks, found)
+        self._schedules = Schedules(storage.path, self._keys_with, self.submit_many)
         storage.on_failure = self._on_failure
 
     @property
@@ -89,6 +92,8 @@ class Pool:
         retries: int | None = None,
         retry_on: Iterable[type[BaseException]] | None = None,
         timeout: float | None = None,
+        delay: float | None = None,
+        run_at: datetime.datetime | None = None,
     ) -> str:
         """Submit ``fn(*args)`` to run, and return the task's id once that is durable.
 
@@ -130,6 +135,11 @@ class Pool:
                 retried only if named here).
             timeout: Seconds an attempt may run before it is cancelled and
                 counts as a failed attempt (default: the pool's).
+            delay: Seconds from now before the task may start. The task is
+                queued at once (``info().not_before`` holds its due time, kept
+                across a restart); once due, it runs in the queue's order.
+            run_at: An aware datetime before which the task does not start
+                (the other way to say ``delay``; give one or neither).
 
         Returns:
             The task's id.
@@ -139,11 +149,14 @@ class Pool:
                 option has the wrong type: ``key`` and ``group`` must be str or
                 None, ``priority`` an int (not a bool), ``retries`` an int or
                 None, ``retry_on`` an iterable of exception types or None,
-                ``timeout`` a number or None. Nothing was written.
+                ``timeout`` and ``delay`` numbers or None, ``run_at`` a datetime
+                or None; or both ``delay`` and ``run_at`` were given. Nothing
+                was written.
             ValueError: An option is out of range: a ``key`` or ``group`` that
                 does not encode as UTF-8 (a lone surrogate), a ``priority`` or
                 ``retries`` beyond 64 bits, ``retries`` below 0, a ``timeout``
-                not finite or not above 0. Nothing was written.
+                not finite or not above 0, a ``delay`` negative or not finite,
+                a naive ``run_at``. Nothing was written.
             ArgumentsNotEncodableError: ``fn`` is registered and ``args`` cannot
                 be stored; nothing was written.
             QueueFull: The queue is full and ``on_full`` is ``"reject"``.
@@ -160,6 +173,8 @@ class Pool:
             retries=retries,
             retry_on=retry_on,
             timeout=timeout,
+            delay=delay,
+            run_at=run_at,
         )
         return (await self.submit_many([job]))[0]
 
@@ -221,6 +236,79 @@ class Pool:
                     if not batch.durable:
                         await batch.wait()
         return [task.record.id for task in tasks]
+
+    # -- periodic tasks ---------------------------------------------------------------
+
+    async def schedule(
+        self,
+        name: str,
+        fn: TaskFunction,
+        *,
+        every: datetime.timedelta | float | None = None,
+        cron: str | None = None,
+        catch_up: CatchUp = "latest",
+    ) -> list[str]:
+        """Run a registered function periodically while the pool is open.
+
+        Each slot, a time of ``every`` (slots aligned to the Unix epoch, so
+        every process computes the same ones) or of ``cron`` (evaluated in
+        UTC), becomes one task keyed ``f"{name}@{slot.isoformat()}"``, whose
+        function receives the slot, an aware UTC datetime, as its only
+        argument. Keys are idempotent, so a slot fires once, across restarts
+        and however many processes of a PostgreSQL pool declare the schedule.
+        The schedule is not stored: declare it after each open; it ends when
+        the pool closes, or with :meth:`unschedule`.
+
+        Args:
+            name: The schedule's name: the start of its tasks' keys.
+            fn: A function registered with :func:`harnpool.task`, taking one
+                positional argument annotated ``datetime.datetime``.
+            every: A ``datetime.timedelta`` or a number of seconds.
+            cron: A cron expression: five fields (minute hour day month
+                weekday), or six with seconds first. Needs ``harnpool[cron]``.
+            catch_up: What becomes of the slots that passed since the newest
+                slot that fired (found by its key) while no process ran the
+                schedule: ``"latest"`` submits the newest of them,
+                ``"all"`` every one (at most 1,000, the newest), ``"none"``
+                none. A schedule that never fired has none.
+
+        Returns:
+            The ids of the tasks submitted for missed slots.
+
+        Raises:
+            TypeError: ``name`` is not a str; ``fn`` is not registered, or does
+                not take the slot as its one positional ``datetime`` argument;
+                both or neither of ``every`` and ``cron`` were given, or one
+                has the wrong type.
+            ValueError: ``name`` is empty or holds ``@``; ``every`` is not
+                above 0; ``catch_up`` is unknown; a schedule with this name
+                is already declared on the pool.
+            InvalidCronError: ``cron`` cannot be parsed.
+            CronUnavailableError: ``cron`` was given without the cron extra.
+            PoolClosedError: The pool is closed or closing.
+
+        Nothing is looked up or written before every argument was checked.
+        """
+        check_loop_thread(self._loop_thread, pool=self.path, method="Pool.schedule")
+        plan = check_schedule(name, fn, every, cron, catch_up)
+        return await self._schedules.add(plan)
+
+    def unschedule(self, name: str) -> bool:
+        """Stop the schedule ``name``; the tasks of slots that already fired go on.
+
+        Returns:
+            True if the schedule was declared on this pool, else False.
+
+        Raises:
+            TypeError: ``name`` is not a str.
+        """
+        check_loop_thread(self._loop_thread, pool=self.path, method="Pool.unschedule")
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__qualname__}")
+        return self._schedules.remove(name)
+
+    async def _keys_with(self, prefix: str) -> list[str]:
+        return [key for key in self._tasks.by_key if key.startswith(prefix)]
 
     # -- waiting and cancelling -------------------------------------------------------
 
@@ -460,6 +548,8 @@ class Pool:
         tasks = self._tasks
         tasks.tg = tg
         tg.start_soon(self._storage.run)
+        tg.start_soon(tasks.run_timer)
+        self._schedules.start(tg)
         self._workers.start(tg)
         for task in tasks.queued.values():
             if task.fn is not None:
@@ -471,6 +561,7 @@ class Pool:
         self._tasks.wake_all()
 
     async def _drain(self) -> None:
+        self._schedules.stop()
         tasks = self._tasks
         while tasks.runnable and self._storage.error is None:
             tasks.idle = anyio.Event()
@@ -479,6 +570,7 @@ class Pool:
 
     async def _abandon(self) -> None:
         """Stop running tasks (they stay ``running`` in the journal) and flush."""
+        self._schedules.stop()
         self._workers.scope.cancel()
         with anyio.CancelScope(shield=True):
             # A journal failure was already reported to every waiter; the block's own error goes on.

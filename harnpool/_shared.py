@@ -39,6 +39,7 @@ import random
 import secrets
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -59,6 +60,7 @@ from ._records import FINISHED, Status, TaskRecord
 from ._registry import decode_args, encode_args, registered_name, resolve
 from ._results import decode_outcome, error_message, storable
 from ._retry import backoff, retryable
+from ._schedule import Schedules
 from ._settings import (
     _retry_names,
     _Settings,
@@ -243,6 +245,7 @@ class SharedPool(Pool):
         self._retry_on = _retry_names(settings.retry_on)
         self._work_done = anyio.Event()
         self._closed = False
+        self._schedules = Schedules(shared.name, self._keys_with, self.submit_many)
         self.recovery = RecoveryReport(
             path=shared.name,
             created=True,
@@ -329,6 +332,7 @@ class SharedPool(Pool):
             retries=settings.retries if job.retries is None else job.retries,
             retry_on=self._retry_on if retry_on is None else _retry_names(retry_on),
             timeout=settings.timeout if job.timeout is None else job.timeout,
+            not_before=job._not_before(time.time()),
         )
 
     async def submit_many(self, jobs: Iterable[Job]) -> list[str]:
@@ -517,7 +521,13 @@ class SharedPool(Pool):
 
     # -- running tasks ----------------------------------------------------------------
 
+    async def _keys_with(self, prefix: str) -> list[str]:
+        """The greatest key with ``prefix`` (the newest slot's, for a schedule)."""
+        key = await self._call_again(self._store.newest_key, prefix)
+        return [] if key is None else [key]
+
     def _start(self, tg: anyio.abc.TaskGroup) -> None:
+        self._schedules.start(tg)
         self._runner.start(tg)
         tg.start_soon(self._listen)
         if self._shared.workers:
@@ -537,6 +547,9 @@ class SharedPool(Pool):
 
     async def _claim_loop(self, tg: anyio.abc.TaskGroup) -> None:
         settings = self._settings
+        #: Whether the last claim left due tasks behind: the pool's limit holds them,
+        #: unless they became due between the claim and the look at the next due time.
+        behind = False
         while self._claiming:
             self._claim_wanted = anyio.Event()
             free = self._shared.workers - self._busy
@@ -557,10 +570,17 @@ class SharedPool(Pool):
                         self._busy += 1
                         task = self._running[record.id] = _Claimed(record)
                         tg.start_soon(self._run_claimed, task)
-                    if not claim.started:
+                    if len(claim.started) < free:
+                        # Workers stay free: sleep no longer than until the next
+                        # delayed task is due (a submit's notification wakes sooner).
                         due = await self._call(self._store.seconds_until_due)
                         if due is not None and due > 0:
                             delay = min(POLL, due)
+                        elif due is not None and not behind:
+                            delay = 0.0  # claim once more before waiting for a free slot
+                        behind = due is not None and due <= 0
+                    else:
+                        behind = False
                 except DatabaseError as exc:
                     emit("error", "pool.claim_failed", pool=self._name, error=str(exc))
             with anyio.move_on_after(delay):
@@ -761,6 +781,7 @@ class SharedPool(Pool):
 
     async def _drain(self) -> None:
         """Wait for the tasks submitted here (if this process runs tasks), then for its attempts."""
+        self._schedules.stop()
         if self._shared.workers:
             for task_id in list(self._submitted):
                 with contextlib.suppress(UnknownTaskError):  # deleted meanwhile
@@ -773,6 +794,7 @@ class SharedPool(Pool):
 
     async def _abandon(self) -> None:
         """Stop the attempts running here: they stay ``running`` until their lease expires."""
+        self._schedules.stop()
         self._claiming = False
         self._runner.scope.cancel()
 

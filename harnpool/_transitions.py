@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import heapq
 import random
 import time
 from collections.abc import Callable
@@ -66,6 +67,13 @@ class Tasks:
         #: Called when the task of that id finishes (before its record is durable):
         #: how ``as_completed`` learns of it without a waiter per task.
         self.watchers: dict[str, list[Callable[[Task | None], object]]] = {}
+        #: Queued tasks not due yet, earliest first: ``(not_before, seq, task)``. One
+        #: timer sleeps until the first is due, however many there are; an entry whose
+        #: task was cancelled meanwhile stays until it is due, or until ``stale`` says
+        #: that most entries are such and the heap is rebuilt.
+        self.due: list[tuple[float, int, Task]] = []
+        self.stale = 0
+        self.timer_wake = anyio.Event()
 
     def load(self, records: list[TaskRecord]) -> None:
         """Take in the records storage found on open, functions unknown yet."""
@@ -157,6 +165,7 @@ class Tasks:
             retries=settings.retries if job._retries is None else job._retries,
             retry_on=retry_on,
             timeout=settings.timeout if job._timeout is None else job._timeout,
+            not_before=job._not_before(time.time()),
         )
 
     def existing(self, job: Job, context: contextvars.Context | None = None) -> Task | None:
@@ -242,7 +251,8 @@ class Tasks:
         self.counts[record.status] += 1
         if reason is None:
             # Queued once durable, whatever becomes of the submitter meanwhile.
-            batch.on_durable.append(functools.partial(self.put_ready, task))
+            ready = self.put_ready if record.not_before is None else self.enqueue
+            batch.on_durable.append(functools.partial(ready, task))
             self.queued[record.id] = task
             self.runnable += 1
             emit("info", "task.submitted", pool=self.path, task_id=record.id, key=record.key)
@@ -273,16 +283,39 @@ class Tasks:
     # -- readying ---------------------------------------------------------------------
 
     def enqueue(self, task: Task) -> None:
+        """Make a queued task ready now, or hand it to the timer until it is due."""
         due = task.record.not_before
-        delay = 0.0 if due is None else due - time.time()
-        if delay > 0 and self.tg is not None:
-            self.tg.start_soon(self._enqueue_later, task, delay)
-        else:
+        if due is None or due <= time.time():
             self.put_ready(task)
+            return
+        heapq.heappush(self.due, (due, task.record.seq, task))
+        if self.due[0][2] is task:
+            self.timer_wake.set()  # due before the time the timer sleeps until
 
-    async def _enqueue_later(self, task: Task, delay: float) -> None:
-        await anyio.sleep(delay)
-        self.put_ready(task)
+    async def run_timer(self) -> None:
+        """Make each delayed task ready once due: one sleeper for every delayed task."""
+        while True:
+            now = time.time()
+            due = self.due
+            while due and due[0][0] <= now:
+                # Every task due by now reaches the ready queue before a worker is
+                # scheduled, so the queue's order holds among them.
+                self.put_ready(heapq.heappop(due)[2])
+            self.timer_wake = anyio.Event()
+            if due:
+                with anyio.move_on_after(due[0][0] - now):
+                    await self.timer_wake.wait()
+            else:
+                await self.timer_wake.wait()
+
+    def _forget_due(self) -> None:
+        """Count one more timer entry whose task ended; rebuild the heap once most are such."""
+        self.stale += 1
+        if self.stale * 2 > len(self.due):
+            self.due = [e for e in self.due if e[2].record.status is Status.QUEUED]
+            heapq.heapify(self.due)
+            self.stale = 0
+            self.timer_wake.set()
 
     def put_ready(self, task: Task) -> None:
         if task.record.status is not Status.QUEUED:
@@ -329,6 +362,8 @@ class Tasks:
                 task.record, status=status, finished_at=time.time(), reason=reason
             ),
         )
+        if task.record.not_before is not None and self.due:
+            self._forget_due()
         level = "info" if status is Status.CANCELLED else "warning"
         record = task.record
         emit(

@@ -70,6 +70,11 @@ EXPECTED = {
         "log: event=app.fetching task_id=t1 key=page-0 request=req-42",
         "NotInTaskError",
     ],
+    "11_scheduled.py": [
+        "ms after its due time",
+        "heartbeat slots:",
+        "reopened: caught up on 1 missed slot: ['heartbeat@",
+    ],
 }
 
 
