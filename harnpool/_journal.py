@@ -49,6 +49,7 @@ from ._errors import (
     JournalWriteError,
     PoolClosedError,
 )
+from ._loop import ANYIO, Primitives, Signal, primitives
 from ._loop import threadsafe_caller as _threadsafe_caller
 from ._records import FINISHED, FORMAT_VERSION, Header, Record, Status, TaskRecord
 
@@ -844,9 +845,9 @@ class Batch:
 
     __slots__ = ("_done", "_error", "buf", "durable", "on_durable")
 
-    def __init__(self) -> None:
+    def __init__(self, prims: Primitives = ANYIO) -> None:
         self.buf = bytearray()
-        self._done = anyio.Event()
+        self._done: Signal = prims.event()
         self._error: JournalWriteError | PoolClosedError | None = None
         #: True once every record in the batch is durable.
         self.durable = False
@@ -895,9 +896,9 @@ class _Flush:
 
     __slots__ = ("batch", "done", "error")
 
-    def __init__(self, batch: Batch) -> None:
+    def __init__(self, batch: Batch, done: Signal) -> None:
         self.batch = batch
-        self.done = anyio.Event()
+        self.done = done
         self.error: OSError | None = None
 
 
@@ -916,9 +917,11 @@ class Journal:
         self._fd = opened.fd
         self._lock_fd = opened.lock_fd
         self._encoder = msgspec.json.Encoder()
-        self._pending = Batch()
+        # Made on the event loop, which chooses the events every batch uses.
+        self._prims = primitives()
+        self._pending = Batch(self._prims)
         self._in_flight: Batch | None = None
-        self._wakeup = anyio.Event()
+        self._wakeup = self._prims.event()
         self.error: JournalWriteError | None = None
         #: Called once, from the writer, when a write or fsync fails.
         self.on_failure: Callable[[JournalWriteError], None] | None = None
@@ -984,7 +987,7 @@ class Journal:
                     # No extra yield before taking the batch: whatever appends while
                     # this one is written rides with the next, so the work of the
                     # tasks woken now overlaps the fdatasync instead of preceding it.
-                    self._wakeup = anyio.Event()
+                    self._wakeup = self._prims.event()
                     if self._pending.buf and not await self._write_pending(requests):
                         return
                     if self._stopping:
@@ -1006,9 +1009,9 @@ class Journal:
     async def _write_pending(self, requests: queue.SimpleQueue[_Flush | None]) -> bool:
         """Write and sync the pending batch; False if that failed."""
         batch = self._pending
-        self._pending = Batch()
+        self._pending = Batch(self._prims)
         self._in_flight = batch
-        flush = _Flush(batch)
+        flush = _Flush(batch, self._prims.event())
         requests.put(flush)
         try:
             await flush.done.wait()

@@ -152,7 +152,26 @@ class Pool:
             retry_on=retry_on,
             timeout=timeout,
         )
-        return (await self.submit_many([job]))[0]
+        return await self._submit_one(job)
+
+    async def _submit_one(self, job: Job) -> str:
+        """What ``submit_many([job])`` does, without the lists around one job."""
+        tasks = self._tasks
+        record = tasks.prepare(job)
+        tasks.check_usable()
+        task = tasks.existing(job)
+        if task is None:
+            reason = None
+            if tasks.bounded:
+                reason = await tasks.admit()
+                task = tasks.existing(job)  # admit may have waited: look again
+            if task is None:
+                task = tasks.add(job, record, reason)
+        # Queued by its batch's callback once durable (see Tasks.add): no shield needed.
+        batch = task.batch
+        if batch is not None and not batch.durable:
+            await batch.wait()
+        return task.record.id
 
     async def submit_many(self, jobs: Iterable[Job]) -> list[str]:
         """Submit several tasks, with one durable write where nothing blocks, and
@@ -383,7 +402,7 @@ class Pool:
     async def _drain(self) -> None:
         tasks = self._tasks
         while tasks.runnable and self._storage.error is None:
-            tasks.idle = anyio.Event()
+            tasks.idle = tasks.prims.event()
             await tasks.idle.wait()
         await self._storage.flush()
 

@@ -326,6 +326,9 @@ class SharedPool(Pool):
             timeout=settings.timeout if job.timeout is None else job.timeout,
         )
 
+    async def _submit_one(self, job: Job) -> str:
+        return (await self.submit_many([job]))[0]
+
     async def submit_many(self, jobs: Iterable[Job]) -> list[str]:
         """Submit several tasks in one transaction; see :meth:`Pool.submit_many`.
 

@@ -16,6 +16,7 @@ import msgspec
 from ._errors import PoolClosedError, QueueFull, UnknownTaskError
 from ._events import emit
 from ._info import TaskInfo
+from ._loop import primitives
 from ._queue import ReadyQueue
 from ._records import Status, TaskRecord
 from ._registry import encode_args, registered_name
@@ -47,13 +48,17 @@ class Tasks:
         self.tasks: dict[str, Task] = {}
         self.by_key: dict[str, str] = {}
         self.queued: dict[str, Task] = {}  # every queued task, attached or not
-        self.ready: ReadyQueue[Task] = ReadyQueue(settings.strategy, aging=settings.aging)
+        #: The events and checkpoint of the event loop the pool opened on.
+        self.prims = prims = primitives()
+        self.ready: ReadyQueue[Task] = ReadyQueue(
+            settings.strategy, aging=settings.aging, prims=prims
+        )
         self.counts = dict.fromkeys(Status, 0)
         self.counter = counter
         #: Unfinished tasks whose function is known here: leaving the block waits for them.
         self.runnable = 0
-        self.idle = anyio.Event()
-        self.room = anyio.Event()
+        self.idle = prims.event()
+        self.room = prims.event()
         self.bounded = settings.max_queued is not None
         self.closed = False
         self.tg: anyio.abc.TaskGroup | None = None
@@ -205,7 +210,7 @@ class Tasks:
                 self.end(oldest, Status.REJECTED, reason="drop_oldest_queue_full")
                 continue
             if self.room.is_set():
-                self.room = anyio.Event()
+                self.room = self.prims.event()
             await self.room.wait()
             self.check_usable()
         return None
