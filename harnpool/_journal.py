@@ -925,11 +925,13 @@ class Journal:
     task (:meth:`run`) hands everything pending to the journal's own thread,
     which writes it in one write and one ``fdatasync``, then wakes the batch's
     waiters. Batches are written strictly in order, one at a time, so a
-    durable batch implies every earlier one is.
+    durable batch implies every earlier one is. With ``gather``, the writer
+    yields to the event loop once before it takes the pending batch.
     """
 
-    def __init__(self, opened: Opened) -> None:
+    def __init__(self, opened: Opened, *, gather: bool = False) -> None:
         self.path = opened.path
+        self._gather = gather
         self._fd = opened.fd
         self._lock_fd = opened.lock_fd
         self._encode = msgspec.json.Encoder().encode
@@ -992,9 +994,14 @@ class Journal:
                 while True:
                     if not self._wakeup.is_set():
                         await self._wakeup.wait()
-                    # No extra yield before taking the batch: whatever appends while
-                    # this one is written rides with the next, so the work of the
-                    # tasks woken now overlaps the fdatasync instead of preceding it.
+                    # By default no extra yield before taking the batch: whatever
+                    # appends while this one is written rides with the next, so the
+                    # work of the tasks woken now overlaps the fdatasync instead of
+                    # preceding it. Gathering yields once: a task started eagerly on
+                    # the record just appended runs first, and its own records join
+                    # the batch (one line for all of them, see Batch).
+                    if self._gather:
+                        await self._prims.checkpoint()
                     self._wakeup = self._prims.event()
                     if self._pending.lines and not await self._write_pending(requests):
                         return

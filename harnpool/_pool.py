@@ -27,6 +27,7 @@ from ._recovery import opened_events, recover
 from ._results import decode_outcome
 from ._settings import (
     OnFull,
+    Start,
     _Settings,
     check_path,
     check_shared,
@@ -432,6 +433,7 @@ async def open_pool(
     keep_finished: int | None = None,
     keep_finished_for: float | None = None,
     max_recoveries: int | None = 5,
+    start: Start = "strict",
     name: str | None = None,
     workers: int | None = None,
     lease: float | None = None,
@@ -512,6 +514,16 @@ async def open_pool(
             before its function starts, so even a function that kills its
             process at once is counted. Interrupted runs never use up
             ``retries``.
+        start: When a submitted task may start. ``"strict"`` (the default):
+            only once its ``queued`` record is durable, so a task runs only if
+            its submit could return. ``"eager"``: at once, while that record
+            is being written; ``submit`` still returns the id only once it is
+            durable, but after a crash a task may have run (even to its end)
+            although its submit never returned, and it is then gone from the
+            journal or still queued, to run again if submitted again: at least
+            once, as for a crash mid-run. Its ``queued``, ``running`` and
+            final records usually share one write. Not supported on
+            PostgreSQL (a ValueError).
 
     Yields:
         The open pool; :attr:`Pool.recovery` says what opening found.
@@ -561,6 +573,7 @@ async def open_pool(
         keep_finished=keep_finished,
         keep_finished_for=keep_finished_for,
         max_recoveries=max_recoveries,
+        start=start,
     )
     shared = check_shared(is_dsn(path), name, workers, lease, settings)
     if shared is not None:
@@ -573,7 +586,7 @@ async def open_pool(
         async with serve_shared(path, settings, shared) as shared_pool:
             yield shared_pool
         return
-    async with serve(JournalStorage(path), settings) as pool:
+    async with serve(JournalStorage(path, gather=settings.start == "eager"), settings) as pool:
         yield pool
 
 

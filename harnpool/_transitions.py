@@ -60,6 +60,8 @@ class Tasks:
         self.idle = prims.event()
         self.room = prims.event()
         self.bounded = settings.max_queued is not None
+        #: Whether a task may start before its queued record is durable.
+        self.eager = settings.start == "eager"
         self.closed = False
         self.tg: anyio.abc.TaskGroup | None = None
         #: Called whenever a task became ready: the workers decide whether to start one more.
@@ -233,10 +235,14 @@ class Tasks:
             self.by_key[job._key] = record.id
         self.counts[record.status] += 1
         if reason is None:
-            # Queued once durable, whatever becomes of the submitter meanwhile.
-            batch.on_durable.append(functools.partial(self.put_ready, task))
             self.queued[record.id] = task
             self.runnable += 1
+            if self.eager:
+                # May run before its record is durable: at least once after a crash.
+                self.put_ready(task)
+            else:
+                # Queued once durable, whatever becomes of the submitter meanwhile.
+                batch.on_durable.append(functools.partial(self.put_ready, task))
             emit("info", "task.submitted", pool=self.path, task_id=record.id, key=record.key)
         else:
             emit(
