@@ -14,7 +14,7 @@ from typing import Protocol
 import anyio
 import anyio.lowlevel
 
-__all__ = ["Signal", "Primitives", "on_asyncio", "primitives", "threadsafe_caller"]
+__all__ = ["ANYIO", "Primitives", "Signal", "on_asyncio", "primitives", "threadsafe_caller"]
 
 
 class Signal(Protocol):
