@@ -4,8 +4,9 @@ Each of 64 submitter coroutines runs its share of N no-op async tasks one after
 another: submit, then wait until the task's completion is known. For harnpool
 that is ``await pool.submit(noop)`` then ``await pool.wait(task_id)``, which
 returns once the ``completed`` record is durable; the pool runs 8 workers
-(``max_concurrent=8``). The in-memory peers run the same pattern in the same
-event loop without durability: aiojobs (``spawn`` then ``job.wait()``,
+(``max_concurrent=8``), once as it is and once with ``start="eager"`` (a task
+may start before its ``queued`` record is durable). The in-memory peers run the
+same pattern in the same event loop without durability: aiojobs (``spawn`` then ``job.wait()``,
 ``limit=8``) and a plain ``asyncio.Queue`` feeding 8 fixed workers (put, then
 await a future).
 
@@ -37,7 +38,7 @@ import asyncio
 import signal
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import _bench
 import aiojobs
@@ -63,13 +64,15 @@ def _sizes(cfg: Config) -> tuple[int, int]:
     return (640, 64) if cfg.quick else (20_480, 2_000)
 
 
-async def _harnpool(cfg: Config, n: int) -> tuple[float, int, int]:
+async def _harnpool(
+    cfg: Config, n: int, start: Literal["strict", "eager"] = "strict"
+) -> tuple[float, int, int]:
     path = cfg.scratch("p2-harnpool") / "pool.jsonl"
     counter = _bench.FsyncCounter()
     per = n // SUBMITTERS
 
     with counter.installed():
-        async with harnpool.open_pool(path, max_concurrent=WORKERS) as pool:
+        async with harnpool.open_pool(path, max_concurrent=WORKERS, start=start) as pool:
 
             async def submitter() -> None:
                 for _ in range(per):
@@ -224,6 +227,7 @@ def run_once(cfg: Config) -> Result:
     n, n_sql = _sizes(cfg)
     seconds, flushes, fsyncs = anyio.run(_harnpool, cfg, n, backend="asyncio")
     aio = anyio.run(_aiojobs, n, backend="asyncio")
+    eager, _, eager_fsyncs = anyio.run(_harnpool, cfg, n, "eager", backend="asyncio")
     queue = anyio.run(_asyncio_queue, n, backend="asyncio")
     pq = _persist_queue(cfg, n_sql)
     hy = _huey(cfg, n_sql)
@@ -242,6 +246,7 @@ def run_once(cfg: Config) -> Result:
 
     rows = [
         row("harnpool submit+wait, 8 workers", n, seconds, True, fsyncs / n),
+        row("harnpool submit+wait, 8 workers, start=eager", n, eager, True, eager_fsyncs / n),
         row("aiojobs spawn+wait, limit 8", n, aio, False, None),
         row("asyncio.Queue + 8 workers", n, queue, False, None),
         row("persist-queue SQLiteAckQueue, 8+8 threads", n_sql, pq, True, None),
@@ -257,6 +262,7 @@ def run_once(cfg: Config) -> Result:
         "persist_queue_tasks_per_s": n_sql / pq,
         "huey_tasks_per_s": n_sql / hy,
         HEADLINE: rate / (n / aio),
+        "eager_ratio_vs_aiojobs": aio / eager,
         "ratio_vs_asyncio_queue": rate / (n / queue),
         "ratio_vs_persist_queue": rate / (n_sql / pq),
         "ratio_vs_huey": rate / (n_sql / hy),

@@ -22,6 +22,7 @@ from ._info import PoolStatistics, RecoveryReport, TaskInfo
 from ._pool import Job, OnFull, Pool, open_pool
 from ._queue import Strategy
 from ._schedule import CatchUp
+from ._settings import Start
 from ._threads import check_not_loop_thread
 
 __all__ = ["BlockingPool", "open_blocking_pool"]
@@ -334,6 +335,7 @@ def open_blocking_pool(
     keep_finished: int | None = None,
     keep_finished_for: float | None = None,
     max_recoveries: int | None = 5,
+    start: Start = "strict",
     name: str | None = None,
     workers: int | None = None,
     lease: float | None = None,
@@ -386,6 +388,7 @@ def open_blocking_pool(
         keep_finished=keep_finished,
         keep_finished_for=keep_finished_for,
         max_recoveries=max_recoveries,
+        start=start,
         name=name,
         workers=workers,
         lease=lease,

@@ -49,6 +49,7 @@ from ._errors import (
     JournalWriteError,
     PoolClosedError,
 )
+from ._loop import ANYIO, Primitives, Signal, primitives
 from ._loop import threadsafe_caller as _threadsafe_caller
 from ._records import FINISHED, FORMAT_VERSION, Header, Record, Status, TaskRecord
 
@@ -840,13 +841,22 @@ def open_journal(
 
 
 class Batch:
-    """Records that are written and synced together; await it for durability."""
+    """Records that are written and synced together; await it for durability.
 
-    __slots__ = ("_done", "_error", "buf", "durable", "on_durable")
+    A batch holds only the latest record of each task appended to it: a task
+    that is queued, runs and finishes between two flushes costs one line, not
+    three. Replay keeps each task's last record anyway, and whoever waited for
+    a superseded record waits for this batch, so is told once the newer one is
+    durable.
+    """
 
-    def __init__(self) -> None:
-        self.buf = bytearray()
-        self._done = anyio.Event()
+    __slots__ = ("_done", "_error", "durable", "lines", "on_durable")
+
+    def __init__(self, prims: Primitives = ANYIO) -> None:
+        #: Each task's latest encoded record (without its newline), by task id,
+        #: in the order the tasks first appeared in the batch.
+        self.lines: dict[str, bytes] = {}
+        self._done: Signal = prims.event()
         self._error: JournalWriteError | PoolClosedError | None = None
         #: True once every record in the batch is durable.
         self.durable = False
@@ -877,6 +887,12 @@ class Batch:
         if failure is not None:
             raise failure
 
+    @property
+    def buf(self) -> bytes:
+        """What the batch writes: one line per task."""
+        lines = self.lines
+        return b"\n".join(lines.values()) + b"\n" if lines else b""
+
     async def wait(self) -> None:
         """Return once every record in the batch is durable.
 
@@ -895,30 +911,35 @@ class _Flush:
 
     __slots__ = ("batch", "done", "error")
 
-    def __init__(self, batch: Batch) -> None:
+    def __init__(self, batch: Batch, done: Signal) -> None:
         self.batch = batch
-        self.done = anyio.Event()
+        self.done = done
         self.error: OSError | None = None
 
 
 class Journal:
     """An open journal that appends records with group commit.
 
-    :meth:`append` encodes a record into the pending batch at once; the writer
+    :meth:`append` encodes a record into the pending batch at once, replacing
+    the task's earlier record there if any (see :class:`Batch`); the writer
     task (:meth:`run`) hands everything pending to the journal's own thread,
     which writes it in one write and one ``fdatasync``, then wakes the batch's
     waiters. Batches are written strictly in order, one at a time, so a
-    durable batch implies every earlier one is.
+    durable batch implies every earlier one is. With ``gather``, the writer
+    yields to the event loop once before it takes the pending batch.
     """
 
-    def __init__(self, opened: Opened) -> None:
+    def __init__(self, opened: Opened, *, gather: bool = False) -> None:
         self.path = opened.path
+        self._gather = gather
         self._fd = opened.fd
         self._lock_fd = opened.lock_fd
-        self._encoder = msgspec.json.Encoder()
-        self._pending = Batch()
+        self._encode = msgspec.json.Encoder().encode
+        # Made on the event loop, which chooses the events every batch uses.
+        self._prims = primitives()
+        self._pending = Batch(self._prims)
         self._in_flight: Batch | None = None
-        self._wakeup = anyio.Event()
+        self._wakeup = self._prims.event()
         self.error: JournalWriteError | None = None
         #: Called once, from the writer, when a write or fsync fails.
         self.on_failure: Callable[[JournalWriteError], None] | None = None
@@ -940,20 +961,12 @@ class Journal:
         """
         batch = self._pending
         if self.error is None and not self._stopped:
-            buf = batch.buf
-            end = len(buf)
-            try:
-                self._encoder.encode_into(record, buf, -1)
-            except BaseException:
-                # A record that fails half-way must not leave its start in the
-                # batch, where the next record would be glued to it.
-                del buf[end:]
-                raise
-            buf += b"\n"
+            # Encoded before the batch changes: a record that fails leaves it as it was.
+            batch.lines[record.id] = self._encode(record)
             self._wakeup.set()
         return batch
 
-    def _write(self, data: bytearray) -> None:
+    def _write(self, data: bytes) -> None:
         _write_all(self._fd, data)
         _sync_data(self._fd)
 
@@ -981,11 +994,16 @@ class Journal:
                 while True:
                     if not self._wakeup.is_set():
                         await self._wakeup.wait()
-                    # No extra yield before taking the batch: whatever appends while
-                    # this one is written rides with the next, so the work of the
-                    # tasks woken now overlaps the fdatasync instead of preceding it.
-                    self._wakeup = anyio.Event()
-                    if self._pending.buf and not await self._write_pending(requests):
+                    # By default no extra yield before taking the batch: whatever
+                    # appends while this one is written rides with the next, so the
+                    # work of the tasks woken now overlaps the fdatasync instead of
+                    # preceding it. Gathering yields once: a task started eagerly on
+                    # the record just appended runs first, and its own records join
+                    # the batch (one line for all of them, see Batch).
+                    if self._gather:
+                        await self._prims.checkpoint()
+                    self._wakeup = self._prims.event()
+                    if self._pending.lines and not await self._write_pending(requests):
                         return
                     if self._stopping:
                         return
@@ -1006,9 +1024,9 @@ class Journal:
     async def _write_pending(self, requests: queue.SimpleQueue[_Flush | None]) -> bool:
         """Write and sync the pending batch; False if that failed."""
         batch = self._pending
-        self._pending = Batch()
+        self._pending = Batch(self._prims)
         self._in_flight = batch
-        flush = _Flush(batch)
+        flush = _Flush(batch, self._prims.event())
         requests.put(flush)
         try:
             await flush.done.wait()
@@ -1026,6 +1044,7 @@ class Journal:
     ) -> None:
         while (flush := requests.get()) is not None:
             try:
+                # Joined here, off the event loop: nothing appends to a batch once handed over.
                 self._write(flush.batch.buf)
             except OSError as exc:
                 flush.error = exc
@@ -1096,7 +1115,7 @@ class Journal:
         Raises:
             JournalWriteError: The journal failed.
         """
-        if self._pending.buf or self.error is not None:
+        if self._pending.lines or self.error is not None:
             await self._pending.wait()
         elif self._in_flight is not None:
             await self._in_flight.wait()

@@ -24,6 +24,11 @@ class JournalStorage:
     every strategy and ``on_full`` policy. Once opened, the hot calls
     (``append``, ``run``, ``flush``, ``stop``) are the :class:`Journal`'s own
     bound methods, so the seam adds no call per record.
+
+    Args:
+        path: The journal file.
+        gather: Let the tasks woken before a flush append to it first (see
+            :class:`Journal`): for a pool that starts tasks eagerly.
     """
 
     strategies = ALL_STRATEGIES
@@ -35,8 +40,9 @@ class JournalStorage:
     stop: Callable[[], None]
     flush: Callable[[], Coroutine[Any, Any, None]]
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, gather: bool = False) -> None:
         self._path = path
+        self._gather = gather
         self._journal: Journal | None = None
         self._on_failure: Callable[[JournalWriteError], None] | None = None
 
@@ -88,7 +94,7 @@ class JournalStorage:
                 keep_finished_for=keep_finished_for,
             )
         )
-        journal = self._journal = Journal(opened)
+        journal = self._journal = Journal(opened, gather=self._gather)
         journal.on_failure = self._on_failure
         self.append = journal.append
         self.run = journal.run

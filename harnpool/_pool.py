@@ -32,6 +32,7 @@ from ._results import decode_outcome
 from ._schedule import CatchUp, Schedules, check_schedule
 from ._settings import (
     OnFull,
+    Start,
     _Settings,
     check_path,
     check_shared,
@@ -176,7 +177,27 @@ class Pool:
             delay=delay,
             run_at=run_at,
         )
-        return (await self.submit_many([job]))[0]
+        return await self._submit_one(job)
+
+    async def _submit_one(self, job: Job) -> str:
+        """What ``submit_many([job])`` does, without the lists around one job."""
+        tasks = self._tasks
+        record = tasks.prepare(job)
+        tasks.check_usable()
+        context = submitter.get() or contextvars.copy_context()
+        task = tasks.existing(job, context)
+        if task is None:
+            reason = None
+            if tasks.bounded:
+                reason = await tasks.admit()
+                task = tasks.existing(job, context)  # admit may have waited: look again
+            if task is None:
+                task = tasks.add(job, record, reason, context)
+        # Queued by its batch's callback once durable (see Tasks.add): no shield needed.
+        batch = task.batch
+        if batch is not None and not batch.durable:
+            await batch.wait()
+        return task.record.id
 
     async def submit_many(self, jobs: Iterable[Job]) -> list[str]:
         """Submit several tasks, with one durable write where nothing blocks, and
@@ -564,7 +585,7 @@ class Pool:
         self._schedules.stop()
         tasks = self._tasks
         while tasks.runnable and self._storage.error is None:
-            tasks.idle = anyio.Event()
+            tasks.idle = tasks.prims.event()
             await tasks.idle.wait()
         await self._storage.flush()
 
@@ -595,6 +616,7 @@ async def open_pool(
     keep_finished: int | None = None,
     keep_finished_for: float | None = None,
     max_recoveries: int | None = 5,
+    start: Start = "strict",
     name: str | None = None,
     workers: int | None = None,
     lease: float | None = None,
@@ -675,6 +697,16 @@ async def open_pool(
             before its function starts, so even a function that kills its
             process at once is counted. Interrupted runs never use up
             ``retries``.
+        start: When a submitted task may start. ``"strict"`` (the default):
+            only once its ``queued`` record is durable, so a task runs only if
+            its submit could return. ``"eager"``: at once, while that record
+            is being written; ``submit`` still returns the id only once it is
+            durable, but after a crash a task may have run (even to its end)
+            although its submit never returned, and it is then gone from the
+            journal or still queued, to run again if submitted again: at least
+            once, as for a crash mid-run. Its ``queued``, ``running`` and
+            final records usually share one write. Not supported on
+            PostgreSQL (a ValueError).
 
     Yields:
         The open pool; :attr:`Pool.recovery` says what opening found.
@@ -724,6 +756,7 @@ async def open_pool(
         keep_finished=keep_finished,
         keep_finished_for=keep_finished_for,
         max_recoveries=max_recoveries,
+        start=start,
     )
     shared = check_shared(is_dsn(path), name, workers, lease, settings)
     if shared is not None:
@@ -736,7 +769,7 @@ async def open_pool(
         async with serve_shared(path, settings, shared) as shared_pool:
             yield shared_pool
         return
-    async with serve(JournalStorage(path), settings) as pool:
+    async with serve(JournalStorage(path, gather=settings.start == "eager"), settings) as pool:
         yield pool
 
 

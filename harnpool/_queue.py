@@ -16,8 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Generic, Literal, Protocol, TypeVar
 
-import anyio
-import anyio.lowlevel
+from ._loop import ANYIO, Primitives, Signal
 
 __all__ = ["STRATEGIES", "Queued", "ReadyQueue", "Strategy"]
 
@@ -60,7 +59,13 @@ class ReadyQueue(Generic[T]):
     are never compared.
     """
 
-    def __init__(self, strategy: Strategy = "priority", *, aging: float | None = None) -> None:
+    def __init__(
+        self,
+        strategy: Strategy = "priority",
+        *,
+        aging: float | None = None,
+        prims: Primitives = ANYIO,
+    ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
         if aging is not None and aging <= 0:
@@ -71,7 +76,9 @@ class ReadyQueue(Generic[T]):
         self._heaps: dict[str | None, list[tuple[_Key, T]]] = {}
         self._turns: deque[str | None] = deque()  # groups with items, in round-robin order
         self._size = 0
-        self._waiters: deque[anyio.Event] = deque()
+        self._waiters: deque[Signal] = deque()
+        self._event = prims.event
+        self._checkpoint = prims.checkpoint
         self._claims = 0
 
     def __len__(self) -> int:
@@ -120,11 +127,11 @@ class ReadyQueue(Generic[T]):
         if self._size:
             self._claims += 1
             try:
-                await anyio.lowlevel.checkpoint()
+                await self._checkpoint()
             finally:
                 self._claims -= 1
         while not self._size:
-            event = anyio.Event()
+            event = self._event()
             self._waiters.append(event)
             try:
                 await event.wait()

@@ -24,7 +24,9 @@ from ._queue import STRATEGIES, Strategy
 
 __all__ = [
     "ON_FULL",
+    "START",
     "OnFull",
+    "Start",
     "TaskOptions",
     "_Settings",
     "_SharedSettings",
@@ -42,6 +44,8 @@ __all__ = [
 
 OnFull = Literal["block", "reject", "drop_oldest", "drop_newest"]
 ON_FULL: tuple[OnFull, ...] = ("block", "reject", "drop_oldest", "drop_newest")
+Start = Literal["strict", "eager"]
+START: tuple[Start, ...] = ("strict", "eager")
 
 # The journal stores these integers; msgspec encodes and decodes 64-bit integers.
 _INT_MIN = -(2**63)
@@ -267,6 +271,7 @@ class _Settings:
     keep_finished: int | None = None
     keep_finished_for: float | None = None
     max_recoveries: int | None = 5
+    start: Start = "strict"
 
     def __post_init__(self) -> None:
         # Given as Any: the values come straight from the caller.
@@ -289,6 +294,7 @@ class _Settings:
         }
         _choice("on_full", self.on_full, ON_FULL)
         _choice("strategy", self.strategy, STRATEGIES)
+        _choice("start", self.start, START)
         if values["retry_backoff_max"] < values["retry_backoff"]:
             raise ValueError(
                 f"retry_backoff_max ({self.retry_backoff_max!r}) must be at least "
@@ -364,6 +370,7 @@ def check_shared(
             ("on_full", settings.on_full, "block"),
             ("max_queued", settings.max_queued, None),
             ("aging", settings.aging, None),
+            ("start", settings.start, "strict"),
         )
         if v != default
     ]
@@ -371,7 +378,7 @@ def check_shared(
         raise ValueError(
             f"{', '.join(refused)}: a pool shared through PostgreSQL does not support "
             "this; it runs tasks by priority, then in submission order, with an unbounded "
-            "queue"
+            "queue, and starts a task only once its submission is committed"
         )
     return _SharedSettings(
         name="default" if checked_name is None else checked_name,

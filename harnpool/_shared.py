@@ -335,6 +335,9 @@ class SharedPool(Pool):
             not_before=job._not_before(time.time()),
         )
 
+    async def _submit_one(self, job: Job) -> str:
+        return (await self.submit_many([job]))[0]
+
     async def submit_many(self, jobs: Iterable[Job]) -> list[str]:
         """Submit several tasks in one transaction; see :meth:`Pool.submit_many`.
 

@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 
 from ._cache import WeakCache
+from ._loop import Signal
 from ._records import TaskRecord
 from ._results import storable
 from ._settings import check_due, check_task_options
@@ -42,7 +43,7 @@ class Task:
         #: The batch holding the latest record someone must not hear of before it is durable.
         self.batch: Durable | None = None
         #: Set when the task finishes (or the pool stops); made only when someone waits.
-        self.done: anyio.Event | None = None
+        self.done: Signal | None = None
         #: The exception the function raised in this process, for ``TaskFailed.__cause__``.
         self.exc: BaseException | None = None
         #: The running attempt's cancel scope, and whether Pool.cancel asked to stop it.

@@ -18,6 +18,7 @@ import msgspec
 from ._errors import PoolClosedError, QueueFull, UnknownTaskError
 from ._events import emit
 from ._info import TaskInfo
+from ._loop import primitives
 from ._queue import ReadyQueue
 from ._records import Status, TaskRecord
 from ._registry import encode_args, registered_name
@@ -49,14 +50,20 @@ class Tasks:
         self.tasks: dict[str, Task] = {}
         self.by_key: dict[str, str] = {}
         self.queued: dict[str, Task] = {}  # every queued task, attached or not
-        self.ready: ReadyQueue[Task] = ReadyQueue(settings.strategy, aging=settings.aging)
+        #: The events and checkpoint of the event loop the pool opened on.
+        self.prims = prims = primitives()
+        self.ready: ReadyQueue[Task] = ReadyQueue(
+            settings.strategy, aging=settings.aging, prims=prims
+        )
         self.counts = dict.fromkeys(Status, 0)
         self.counter = counter
         #: Unfinished tasks whose function is known here: leaving the block waits for them.
         self.runnable = 0
-        self.idle = anyio.Event()
-        self.room = anyio.Event()
+        self.idle = prims.event()
+        self.room = prims.event()
         self.bounded = settings.max_queued is not None
+        #: Whether a task may start before its queued record is durable.
+        self.eager = settings.start == "eager"
         self.closed = False
         self.tg: anyio.abc.TaskGroup | None = None
         #: Called whenever a task became ready: the workers decide whether to start one more.
@@ -221,7 +228,7 @@ class Tasks:
                 self.end(oldest, Status.REJECTED, reason="drop_oldest_queue_full")
                 continue
             if self.room.is_set():
-                self.room = anyio.Event()
+                self.room = self.prims.event()
             await self.room.wait()
             self.check_usable()
         return None
@@ -250,11 +257,15 @@ class Tasks:
             self.by_key[job._key] = record.id
         self.counts[record.status] += 1
         if reason is None:
-            # Queued once durable, whatever becomes of the submitter meanwhile.
-            ready = self.put_ready if record.not_before is None else self.enqueue
-            batch.on_durable.append(functools.partial(ready, task))
             self.queued[record.id] = task
             self.runnable += 1
+            ready = self.put_ready if record.not_before is None else self.enqueue
+            if self.eager:
+                # May run before its record is durable: at least once after a crash.
+                ready(task)
+            else:
+                # Queued once durable, whatever becomes of the submitter meanwhile.
+                batch.on_durable.append(functools.partial(ready, task))
             emit("info", "task.submitted", pool=self.path, task_id=record.id, key=record.key)
         else:
             emit(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import anyio
-
 from ._errors import WaitDeadlock
 from ._records import FINISHED
 from ._task import Task
@@ -74,7 +72,7 @@ class Waits:
         """Return once ``task`` has finished and its final record is durable."""
         while task.record.status not in FINISHED:
             if task.done is None:
-                task.done = anyio.Event()
+                task.done = self._tasks.prims.event()
             await task.done.wait()
             self._tasks.check_usable()
         if task.batch is not None and not task.batch.durable:

@@ -147,7 +147,7 @@ class Workers:
         self._thread_limiter = anyio.CapacityLimiter(self.settings.max_concurrent)
         self._call_soon: Callable[[Callable[[], object]], object] | None = None
         #: Workers are started as ready tasks need them (see needs_worker).
-        self._wanted = anyio.Event()
+        self._wanted = tasks.prims.event()
         self.count = 0
         self._busy = 0
         self._encoder = msgspec.json.Encoder()
@@ -179,7 +179,7 @@ class Workers:
         with self.scope:
             async with anyio.create_task_group() as tg:
                 while True:
-                    self._wanted = anyio.Event()
+                    self._wanted = self.tasks.prims.event()
                     while self.needs_worker():
                         self.count += 1
                         tg.start_soon(self._work)
@@ -188,20 +188,48 @@ class Workers:
     async def _work(self) -> None:
         ready = self.tasks.ready
         while True:
-            task = await ready.get()
-            record = task.record
-            fn = task.fn
-            if record.status is not Status.QUEUED or fn is None:
-                continue  # cancelled or rejected while it waited in the queue
-            self._busy += 1
-            if self.needs_worker():
-                self._wanted.set()  # this worker was the spare one
+            # One cancel scope serves a worker's attempts one after another, until
+            # one is cancelled (by Pool.cancel or its timeout) or its function
+            # raises: entering a fresh scope per attempt costs more than a short
+            # task's whole attempt. The scope is the attempt's only while
+            # task.scope points to it; between attempts nobody cancels it.
+            scope = anyio.CancelScope()
+            current: Task | None = None
+            native = 0
             try:
-                await self._run_task(task, fn)
-            finally:
-                self._busy -= 1
+                with scope:
+                    while not scope.cancel_called:
+                        task = await ready.get()
+                        fn = task.fn
+                        if task.record.status is not Status.QUEUED or fn is None:
+                            continue  # cancelled or rejected while it waited in the queue
+                        self._busy += 1
+                        if self.needs_worker():
+                            self._wanted.set()  # this worker was the spare one
+                        try:
+                            if not await self._begin(task):
+                                continue
+                            current = task
+                            native = _native_cancels()
+                            value = await self._attempt_in(task, fn, scope)
+                            current = None
+                            self._returned(task, value, time.time())
+                        finally:
+                            self._busy -= 1
+            except BaseException as exc:
+                if current is None:
+                    raise  # not an attempt's: the pool is stopping
+                if _propagates(exc, native):
+                    current.cancelling = False
+                    raise
+                self._attempt_raised(current, scope, exc)
+                continue
+            if current is not None:
+                # The scope caught its own cancellation, which ended the attempt.
+                self._cancelled(current, time.time())
 
-    async def _run_task(self, task: Task, fn: TaskFunction) -> None:
+    async def _begin(self, task: Task) -> bool:
+        """Record that ``task`` starts an attempt; False if it must not run after all."""
         record = task.record
         # The "running" record rides with the next flush: nobody is told a
         # task started, and a crash before it is durable just runs it again.
@@ -219,13 +247,44 @@ class Workers:
         # A registered task resumes on its own after a crash, so a function that
         # kills its process would run again at every open: its "running" record
         # must be durable before it runs, for the crash to be counted.
-        if (
-            record.name is not None
-            and self.settings.max_recoveries is not None
-            and not await self._started(task, started)
-        ):
-            return
-        await self._attempt(task, fn)
+        return (
+            record.name is None
+            or self.settings.max_recoveries is None
+            or await self._started(task, started)
+        )
+
+    async def _attempt_in(self, task: Task, fn: TaskFunction, scope: anyio.CancelScope) -> Any:
+        """Run one attempt of ``task`` in the worker's ``scope`` and return its value.
+
+        Whatever ends the attempt otherwise propagates, for the scope (a
+        cancellation of its own) or :meth:`_work` to judge.
+        """
+        timeout = task.record.timeout
+        if timeout is not None:
+            scope.deadline = anyio.current_time() + timeout
+        task.scope = scope
+        try:
+            return await self._invoke(task, fn, scope, timeout)
+        finally:
+            task.scope = None
+            if timeout is not None:
+                scope.deadline = math.inf
+
+    async def _invoke(
+        self, task: Task, fn: TaskFunction, scope: anyio.CancelScope, timeout: float | None
+    ) -> Any:
+        """Call the task's function: awaited if async, else in a thread slot.
+
+        Either way it runs in its own copy of the submitter's context (on this
+        worker's task, or in the thread): nothing it sets outlives the attempt.
+        """
+        context = attempt_context(self.tasks, task)
+        if is_async(fn):
+            coro: Any = context.run(fn, *task.args)
+            return await run_in(context, coro)
+        return await self._run_in_thread(
+            functools.partial(context.run, fn), task.args, scope, timeout
+        )
 
     async def _started(self, task: Task, batch: Durable) -> bool:
         """Wait until a task's ``running`` record is durable; False if it must not run."""
@@ -275,6 +334,7 @@ class Workers:
         return value
 
     async def _attempt(self, task: Task, fn: TaskFunction) -> None:
+        """Run one attempt of ``task`` in a scope of its own and record how it ended."""
         timeout = task.record.timeout
         task.scope = scope = anyio.CancelScope(
             deadline=math.inf if timeout is None else anyio.current_time() + timeout
@@ -283,31 +343,32 @@ class Workers:
         value: Any = None
         try:
             with scope:
-                # In its own copy of the submitter's context, on this worker's task:
-                # nothing it sets outlives the attempt.
-                context = attempt_context(self.tasks, task)
-                if is_async(fn):
-                    coro: Any = context.run(fn, *task.args)
-                    value = await run_in(context, coro)
-                else:
-                    value = await self._run_in_thread(
-                        functools.partial(context.run, fn), task.args, scope, timeout
-                    )
+                value = await self._invoke(task, fn, scope, timeout)
         except BaseException as exc:
             if _propagates(exc, native):
+                task.cancelling = False
                 raise
             self._attempt_raised(task, scope, exc)
             return
         finally:
             task.scope = None
-            cancelling, task.cancelling = task.cancelling, False
         now = time.time()
         if scope.cancelled_caught:
-            if cancelling:
-                self.tasks.end(task, Status.CANCELLED, reason="cancelled")
-            else:
-                self.tasks.failed_attempt(task, self._expired(task), now)
-            return
+            self._cancelled(task, now)
+        else:
+            self._returned(task, value, now)
+
+    def _cancelled(self, task: Task, now: float) -> None:
+        """Record an attempt its scope's cancellation ended: Pool.cancel's or its timeout's."""
+        cancelling, task.cancelling = task.cancelling, False
+        if cancelling:
+            self.tasks.end(task, Status.CANCELLED, reason="cancelled")
+        else:
+            self.tasks.failed_attempt(task, self._expired(task), now)
+
+    def _returned(self, task: Task, value: Any, now: float) -> None:
+        """Record an attempt whose function returned ``value``."""
+        task.cancelling = False
         try:
             raw = msgspec.Raw(self._encoder.encode(value))
         except Exception as exc:  # also RecursionError, and errors from code msgspec calls
@@ -342,7 +403,8 @@ class Workers:
 
     def _attempt_raised(self, task: Task, scope: anyio.CancelScope, exc: BaseException) -> None:
         """Record the end of an attempt whose function raised ``exc``, the task's own."""
-        if task.cancelling:
+        cancelling, task.cancelling = task.cancelling, False
+        if cancelling:
             # Whatever the function made of the cancellation (or raised just
             # before it arrived), cancel() was asked first: never a retry.
             self.tasks.end(task, Status.CANCELLED, reason="cancelled")

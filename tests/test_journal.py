@@ -540,6 +540,34 @@ class TestGroupCommit:
         assert loaded is not None
         assert len(loaded.tasks) == 100
 
+    async def test_a_batch_writes_only_the_latest_record_of_each_task(
+        self, journal_path: Path
+    ) -> None:
+        journal = Journal(await anyio.to_thread.run_sync(open_sync_unregistered, journal_path))
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(journal.run)
+                queued = journal.append(task(1))
+                journal.append(task(2))
+                running = journal.append(task(1, Status.RUNNING, attempts=1))
+                done = journal.append(
+                    task(1, Status.COMPLETED, attempts=1, result=msgspec.Raw(b"7"))
+                )
+                assert queued is running is done
+                with anyio.fail_after(10):
+                    await queued.wait()  # a waiter of a superseded record is told too
+                journal.stop()
+        finally:
+            journal.close()
+        lines = journal_path.read_bytes().splitlines()
+        assert len(lines) == 3  # the header, then one line per task
+        loaded = load(journal_path)
+        assert loaded is not None
+        assert {i: r.status for i, r in loaded.tasks.items()} == {
+            "t1": Status.COMPLETED,
+            "t2": Status.QUEUED,
+        }
+
     async def test_the_writer_outlives_a_cancellation_until_stopped(
         self, journal_path: Path
     ) -> None:

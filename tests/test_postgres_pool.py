@@ -318,6 +318,7 @@ class TestRefusals:
             ("max_queued", 5),
             ("on_full", "reject"),
             ("aging", 1.0),
+            ("start", "eager"),
         ],
     )
     async def test_settings_it_cannot_honour_are_refused_before_opening(

@@ -118,3 +118,45 @@ class TestThreadSlots:
                         await pool.wait(await pool.submit(fail))
                 assert await pool.wait(await pool.submit(ok)) == "ok"
                 assert pool.statistics().threads == 0
+
+
+class TestOneScopePerWorker:
+    """A worker runs attempt after attempt in one cancel scope until one is cancelled."""
+
+    async def test_a_timeout_does_not_outlive_its_attempt(self, journal_path: Path) -> None:
+        async def quick() -> str:
+            return "quick"
+
+        async def slower() -> str:
+            await anyio.sleep(0.3)  # longer than the first task's timeout
+            return "slower"
+
+        async with harnpool.open_pool(journal_path) as pool:
+            with anyio.fail_after(10):
+                first = await pool.submit(quick, timeout=0.05)
+                second = await pool.submit(slower)
+                assert await pool.wait(first) == "quick"
+                assert await pool.wait(second) == "slower"
+
+    async def test_the_worker_runs_on_after_a_cancelled_and_a_failed_attempt(
+        self, journal_path: Path
+    ) -> None:
+        started = anyio.Event()
+
+        async def blocked() -> None:
+            started.set()
+            await anyio.sleep_forever()
+
+        async def broken() -> None:
+            raise LookupError("broken")
+
+        async with harnpool.open_pool(journal_path) as pool:
+            with anyio.fail_after(10):
+                stuck = await pool.submit(blocked)
+                await started.wait()
+                assert await pool.cancel(stuck)
+                failing = await pool.submit(broken)
+                with pytest.raises(harnpool.TaskFailed):
+                    await pool.wait(failing)
+                assert await pool.wait(await pool.submit(double, 4)) == 8
+            assert pool.statistics().workers == 1

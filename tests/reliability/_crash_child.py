@@ -52,6 +52,8 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     round: int
     seed: int
     keys: list[str]
+    #: The pool's ``start`` setting.
+    start: str = "strict"
 
 
 _ledger_fd = -1
@@ -190,7 +192,10 @@ async def run(journal: str, plan: Plan) -> None:
     # The parent kills on purpose, however often a task has been interrupted:
     # no task here crashes its process, so none must be given up as one that does.
     async with harnpool.open_pool(
-        journal, max_concurrent=MAX_CONCURRENT, max_recoveries=None
+        journal,
+        max_concurrent=MAX_CONCURRENT,
+        max_recoveries=None,
+        start="eager" if plan.start == "eager" else "strict",
     ) as pool:
         note("opened", payload=str(len(pool.recovery.requeued)))
 

@@ -19,6 +19,10 @@ tasks), a sample of finished ones, and some new ones. The checker asserts:
 - every result and error is the one its function gives, and at the end every
   task has finished.
 
+The loop runs once with each ``start`` setting. With ``"eager"`` a task may run
+before its submit is acknowledged, so a crash may cut a run whose submit never
+returned; the checks allow that as they allow a crash mid-run.
+
 The seed is printed; set ``HARNPOOL_CRASH_SEED`` to replay a run.
 """
 
@@ -63,6 +67,8 @@ class Checker:
 
     journal: Path
     ledger: Path
+    #: The pool's ``start`` setting in every child.
+    start: str = "strict"
     asked: set[str] = field(default_factory=set)
     ids: dict[str, str] = field(default_factory=dict)
     #: Keys the parent has seen finished in a journal it loaded.
@@ -218,7 +224,9 @@ def _run_child(
     Returns:
         Its exit status (``-SIGKILL`` when the kill landed).
     """
-    plan = _crash_child.Plan(round=checker.round, seed=checker.round, keys=keys)
+    plan = _crash_child.Plan(
+        round=checker.round, seed=checker.round, keys=keys, start=checker.start
+    )
     plan_path = directory / "plan.json"
     plan_path.write_bytes(msgspec.json.encode(plan))
     read_fd, write_fd = os.pipe()
@@ -303,11 +311,13 @@ class Summary:
         }
 
 
-def crash_loop(directory: Path, *, kills: int, seed: int) -> Summary:
+def crash_loop(directory: Path, *, kills: int, seed: int, start: str = "strict") -> Summary:
     """Kill ``kills`` children at random moments, then run one to the end; check throughout."""
     began = time.monotonic()
     rng = random.Random(seed)
-    checker = Checker(journal=directory / "pool.jsonl", ledger=directory / "ledger.txt")
+    checker = Checker(
+        journal=directory / "pool.jsonl", ledger=directory / "ledger.txt", start=start
+    )
     summary = Summary(checker=checker, seed=seed)
     next_key = 0
     while summary.kills < kills:
@@ -378,11 +388,12 @@ def _check(summary: Summary, report_figures: ReportFigures, title: str) -> None:
     assert summary.failed > 0
 
 
+@pytest.mark.parametrize("start", ["strict", "eager"])
 def test_crash_loop_loses_nothing_and_reruns_nothing_finished(
-    tmp_path: Path, report_figures: ReportFigures
+    tmp_path: Path, report_figures: ReportFigures, start: str
 ) -> None:
-    summary = crash_loop(tmp_path, kills=50, seed=_seed())
-    _check(summary, report_figures, "crash loop (50 kills)")
+    summary = crash_loop(tmp_path, kills=50, seed=_seed(), start=start)
+    _check(summary, report_figures, f"crash loop (50 kills, start={start})")
     assert summary.kills == 50
 
 

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import anyio.from_thread
@@ -71,6 +71,8 @@ class _Crash(Exception):
 
 class PoolMachine(RuleBasedStateMachine):
     tasks = Bundle("tasks")
+    #: The pool's ``start`` setting.
+    start: Literal["strict", "eager"] = "strict"
 
     def __init__(self) -> None:
         super().__init__()
@@ -87,7 +89,7 @@ class PoolMachine(RuleBasedStateMachine):
 
     def _open(self) -> None:
         self.manager = self.portal.wrap_async_context_manager(
-            harnpool.open_pool(self.path, max_concurrent=64)
+            harnpool.open_pool(self.path, max_concurrent=64, start=self.start)
         )
         self.pool = self.manager.__enter__()
         self.controls = {}
@@ -99,8 +101,8 @@ class PoolMachine(RuleBasedStateMachine):
             else:
                 assert task_id not in requeued
 
-    async def _task(self, task_id: str) -> Any:
-        control = self.controls[task_id]
+    @staticmethod
+    async def _task(control: Control) -> Any:
         await control.release.wait()
         kind, value = control.outcome
         if kind == "failed":
@@ -108,13 +110,14 @@ class PoolMachine(RuleBasedStateMachine):
         return value
 
     def _submit(self, key: str | None, priority: int) -> str:
-        # The id is known only after submit returns; the task looks its control up by
-        # the id, which it can only do once running, i.e. after the id was recorded.
+        # The id is known only after submit returns, and with start="eager" the task
+        # may run before that: it is handed its control, which is kept under its id
+        # unless the id's task already has one (a known key, still attached).
         pending = Control()
 
         async def submit() -> str:
             async def run() -> Any:
-                return await self._task(task_id)
+                return await self._task(pending)
 
             task_id: str = await self.pool.submit(run, key=key, priority=priority)
             self.controls.setdefault(task_id, pending)
@@ -234,6 +237,16 @@ PoolMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_pool_against_the_model = PoolMachine.TestCase
+
+
+class EagerPoolMachine(PoolMachine):
+    """The same histories on a pool that starts tasks before their submit is durable."""
+
+    start: Literal["strict", "eager"] = "eager"
+
+
+EagerPoolMachine.TestCase.settings = PoolMachine.TestCase.settings
+test_eager_pool_against_the_model = EagerPoolMachine.TestCase
 
 
 @pytest.mark.slow
