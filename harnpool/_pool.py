@@ -364,6 +364,8 @@ class Pool:
             flushes=self._storage.flushes,
             workers=self._workers.count,
             threads=self._workers.threads.borrowed_tokens,
+            dropped_finished=self._tasks.dropped,
+            compactions=self._storage.compactions,
         )
 
     def _start(self, tg: anyio.abc.TaskGroup) -> None:
