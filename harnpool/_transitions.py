@@ -249,6 +249,9 @@ class Tasks:
             self.runnable += 1
             emit("info", "task.submitted", pool=self.path, task_id=record.id, key=record.key)
         else:
+            if self.retains:
+                # Finished at birth: retention counts it as any other finished task.
+                batch.on_durable.append(functools.partial(self.retire, task))
             emit(
                 "warning",
                 "task.rejected",

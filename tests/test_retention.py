@@ -126,6 +126,23 @@ class TestRetentionWhileOpen:
             assert pool.tasks() == []
             assert pool.statistics().dropped_finished == 2
 
+    async def test_tasks_rejected_at_submit_are_dropped_too(self, journal_path: Path) -> None:
+        release = anyio.Event()
+
+        async def blocked() -> None:
+            await release.wait()
+
+        async with harnpool.open_pool(
+            journal_path, max_queued=1, on_full="drop_newest", keep_finished=2
+        ) as pool:
+            running = await pool.submit(blocked)
+            await pool.submit(blocked)  # queued (or rejected): the queue is full from here on
+            rejected = [await pool.submit(square, n) for n in range(5)]
+            assert [t.id for t in pool.tasks() if t.status is Status.REJECTED] == rejected[3:]
+            assert pool.statistics().dropped_finished >= 3
+            release.set()
+            await pool.wait(running)
+
     async def test_unknown_ids_are_not_called_dropped(self, journal_path: Path) -> None:
         async with harnpool.open_pool(journal_path, keep_finished=0) as pool:
             await pool.wait(await pool.submit(square, 1))
