@@ -6,6 +6,9 @@ written with one ``write`` per chunk and one ``fdatasync`` of the journal, and
 before that. A journal that was just created or compacted is durable once its
 temporary file was fsynced, renamed over the journal, and the directory fsynced;
 one that opening found already compact, once it and its directory were fsynced.
+An open journal that compacts itself (see :class:`Journal`) renames its new
+file over the old one and fsyncs the directory before it writes any record to
+it, so what was durable in the old file is durable in the new one.
 
 One journal has one owner, whatever the path it is opened by: the path is
 resolved first (symbolic links followed), the file it names is the one locked,
@@ -1193,8 +1196,6 @@ class Journal:
                 emit("info", "journal.compacted", pool=self.path, lines=lines, kept=self._lines)
                 return True
             compaction.error = switch.error
-        else:
-            compaction.abandon()
         # The journal is as it was: try again once it has doubled.
         self._compact_after = 2 * lines
         emit(
@@ -1253,6 +1254,8 @@ class Journal:
             compaction.error = exc
         except BaseException as exc:  # pragma: no cover - a bug: give this compaction up
             compaction.error = OSError(errno.EIO, f"the compaction failed: {exc!r}")
+        if compaction.error is not None:
+            compaction.discard()
         with compaction.lock:
             compaction.ready = True
             abandoned = compaction.abandoned
@@ -1317,7 +1320,10 @@ class Journal:
         while (flush := requests.get()) is not None:
             if isinstance(flush, _Switch):
                 # Online compaction: the file changes between two flushes, never during one.
-                self._switch(flush)
+                try:
+                    self._switch(flush)
+                except BaseException as exc:  # pragma: no cover - a bug: stop, rather than hang
+                    flush.fatal = OSError(errno.EIO, f"the journal writer failed: {exc!r}")
                 try:
                     call_soon(flush.done.set)
                 except RuntimeError:  # pragma: no cover - the event loop is gone: nobody waits
