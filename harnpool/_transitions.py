@@ -94,7 +94,13 @@ class Tasks:
             return self.tasks[task_id]
         except KeyError:
             seq = task_id[1:]
-            given = task_id[:1] == "t" and seq.isdigit() and 0 < int(seq) <= self.counter
+            given = (
+                task_id[:1] == "t"
+                and seq.isascii()
+                and seq.isdigit()
+                and len(seq) < 20
+                and 0 < int(seq) <= self.counter
+            )
             raise UnknownTaskError(task_id, dropped=self.retains and given) from None
 
     def check_usable(self) -> None:

@@ -146,7 +146,7 @@ class TestRetentionWhileOpen:
     async def test_unknown_ids_are_not_called_dropped(self, journal_path: Path) -> None:
         async with harnpool.open_pool(journal_path, keep_finished=0) as pool:
             await pool.wait(await pool.submit(square, 1))
-            for never_given in ("t2", "t0", "x1", "t"):
+            for never_given in ("t2", "t0", "x1", "t", "t" + "1" * 5000, "t\u0661"):
                 with pytest.raises(harnpool.UnknownTaskError) as caught:
                     pool.info(never_given)
                 assert not caught.value.dropped
