@@ -29,7 +29,7 @@ install: $(STAMP)  ## Create .venv and install harnpool with the exact versions 
 
 lock: | $(UV)  ## Re-resolve requirements.lock from pyproject.toml's ranges (newest allowed versions).
 	$(UV_ENV) $(UV) pip compile --quiet --upgrade --universal --python-version 3.11 \
-		--generate-hashes --extra dev --extra bench --extra postgres -o $(LOCK) pyproject.toml
+		--generate-hashes --extra dev --extra bench --extra postgres --extra cron -o $(LOCK) pyproject.toml
 
 demo: $(STAMP)  ## Run the crash-and-resume demo: submit, SIGKILL, reopen, resume.
 	$(BIN)/python examples/01_crash_resume.py

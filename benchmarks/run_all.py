@@ -1,4 +1,4 @@
-"""Run every benchmark (P1 to P7 and the soak), print one summary table against the targets,
+"""Run every benchmark (P1 to P8 and the soak), print one summary table against the targets,
 and write ``summary.json`` beside each scenario's own JSON.
 
 Usage: ``python benchmarks/run_all.py [--quick] [--runs N] [--out DIR] [--journal-dir DIR]
@@ -10,7 +10,8 @@ once, only to show that the scripts work; its figures mean nothing. The soak
 once whatever ``--runs`` says; ``make soak`` runs it alone. P7 (``p7_postgres.py``,
 harnpool on PostgreSQL against pgqueuer and procrastinate) starts a throwaway
 PostgreSQL server of its own; where the server's binaries are missing, or with
-``--without-postgres``, it is left out and the summary says so.
+``--without-postgres``, it is left out and the summary says so. P8 (``p8_delay.py``,
+how late delayed tasks start) measures the journal, and PostgreSQL where P7 runs.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import p4_replay
 import p5_latency
 import p6_events
 import p7_postgres
+import p8_delay
 import soak
 from _pg_server import ServerUnavailable, find_bindir
 
@@ -102,6 +104,13 @@ def main() -> None:
             )
         else:
             print(f"\np7_postgres: left out ({skipped})")
+        documents[p8_delay.NAME] = _bench.measure(
+            cfg,
+            p8_delay.NAME,
+            p8_delay.__doc__,
+            p8_delay.HEADLINE,
+            lambda c: p8_delay.run_once(c, postgres=skipped is None),
+        )
         tasks = soak.default_tasks(cfg)
         documents[soak.NAME] = _bench.measure(
             dataclasses.replace(cfg, runs=1),
@@ -137,6 +146,8 @@ def main() -> None:
         ("P2 fsyncs per task", documents["p2_concurrent"]["metrics"]["fsyncs_per_task"]),
         ("P3 fsyncs per task", documents["p3_submit_many"]["metrics"]["fsyncs_per_task"]),
         ("P5 idle dispatch p50", documents["p5_latency"]["metrics"]["p50_ms"]),
+        ("P8 journal due-to-start p50 (ms)", documents["p8_delay"]["metrics"]["journal_p50_ms"]),
+        ("P8 journal due-to-start p99 (ms)", documents["p8_delay"]["metrics"]["journal_p99_ms"]),
         ("Soak RSS growth (B/task)", documents["soak"]["metrics"]["rss_growth_bytes_per_task"]),
         ("Soak file growth (B/task)", documents["soak"]["metrics"]["file_growth_bytes_per_task"]),
     ]
@@ -146,6 +157,14 @@ def main() -> None:
             ("P7 2 processes vs pgqueuer (x)", p7["enqueue_process_2p_ratio_vs_pgqueuer"]),
             ("P7 drain vs pgqueuer (x)", p7["drain_ratio_vs_pgqueuer"]),
             ("P7 harnpool tasks/s, 1 process", p7["enqueue_process_1p_harnpool_tasks_per_s"]),
+            (
+                "P8 postgres due-to-start p50 (ms)",
+                documents["p8_delay"]["metrics"]["postgres_p50_ms"],
+            ),
+            (
+                "P8 postgres due-to-start p99 (ms)",
+                documents["p8_delay"]["metrics"]["postgres_p99_ms"],
+            ),
         ]
     for label, value in extra:
         rows.append({"target": label, "measured": float(value), "goal": "", "met": ""})

@@ -1,10 +1,13 @@
 """harnpool: an asyncio task pool whose every transition is journaled to disk."""
 
 from ._blocking import BlockingPool, open_blocking_pool
+from ._context import CurrentTask, current_task
 from ._errors import (
     ArgumentsNotEncodableError,
+    CronUnavailableError,
     DatabaseError,
     HarnpoolError,
+    InvalidCronError,
     JournalCorruptError,
     JournalError,
     JournalLinkError,
@@ -13,6 +16,7 @@ from ._errors import (
     JournalVersionError,
     JournalWriteError,
     NotEncodableError,
+    NotInTaskError,
     PoolClosedError,
     QueueFull,
     ResultNotEncodableError,
@@ -34,12 +38,17 @@ from ._pool import Job, OnFull, Pool, open_pool
 from ._queue import Strategy
 from ._records import Status
 from ._registry import task
+from ._schedule import CatchUp
 
 __all__ = [
     "ArgumentsNotEncodableError",
     "BlockingPool",
+    "CatchUp",
+    "CronUnavailableError",
+    "CurrentTask",
     "DatabaseError",
     "HarnpoolError",
+    "InvalidCronError",
     "Job",
     "JournalCorruptError",
     "JournalError",
@@ -49,6 +58,7 @@ __all__ = [
     "JournalVersionError",
     "JournalWriteError",
     "NotEncodableError",
+    "NotInTaskError",
     "OnFull",
     "Pool",
     "PoolClosedError",
@@ -71,6 +81,7 @@ __all__ = [
     "WaitDeadlock",
     "WaitTimeout",
     "WrongThreadError",
+    "current_task",
     "open_blocking_pool",
     "open_pool",
     "task",

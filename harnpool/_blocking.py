@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import contextvars
+import datetime
 import functools
 import os
 import threading
@@ -12,10 +15,13 @@ from typing import Any, Literal, TypeVar, overload
 
 import anyio.from_thread
 
-from ._errors import PoolClosedError
+from ._completion import AsCompleted
+from ._context import submitter
+from ._errors import PoolClosedError, WrongThreadError
 from ._info import PoolStatistics, RecoveryReport, TaskInfo
 from ._pool import Job, OnFull, Pool, open_pool
 from ._queue import Strategy
+from ._schedule import CatchUp
 from ._threads import check_not_loop_thread
 
 __all__ = ["BlockingPool", "open_blocking_pool"]
@@ -100,11 +106,14 @@ class BlockingPool:
         retries: int | None = None,
         retry_on: Iterable[type[BaseException]] | None = None,
         timeout: float | None = None,
+        delay: float | None = None,
+        run_at: datetime.datetime | None = None,
     ) -> str:
         """Submit ``fn(*args)`` to run, and return the task's id once that is durable.
 
         As :meth:`Pool.submit`: an async ``fn`` runs on the pool's event loop,
-        a plain one in a worker thread.
+        a plain one in a worker thread; ``delay`` or ``run_at`` hold it back
+        until it is due.
 
         Returns:
             The task's id.
@@ -113,7 +122,7 @@ class BlockingPool:
             The errors of :meth:`Pool.submit`; WrongThreadError if called on
             the pool's event loop thread.
         """
-        call = functools.partial(
+        submit = functools.partial(
             self._pool.submit,
             fn,
             *args,
@@ -123,8 +132,42 @@ class BlockingPool:
             retries=retries,
             retry_on=retry_on,
             timeout=timeout,
+            delay=delay,
+            run_at=run_at,
         )
-        return self._call("submit", call)
+        # Its tasks run in a copy of this thread's context, not the event loop's.
+        return self._call(
+            "submit", functools.partial(_submitting, contextvars.copy_context(), submit)
+        )
+
+    def schedule(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        *,
+        every: datetime.timedelta | float | None = None,
+        cron: str | None = None,
+        catch_up: CatchUp = "latest",
+    ) -> list[str]:
+        """Run a registered function periodically while the pool is open.
+
+        As :meth:`Pool.schedule`.
+
+        Returns:
+            The ids of the tasks submitted for missed slots.
+
+        Raises:
+            The errors of :meth:`Pool.schedule`; WrongThreadError if called on
+            the pool's event loop thread.
+        """
+        call = functools.partial(
+            self._pool.schedule, name, fn, every=every, cron=cron, catch_up=catch_up
+        )
+        return self._call("schedule", call)
+
+    def unschedule(self, name: str) -> bool:
+        """Stop the schedule ``name``, as :meth:`Pool.unschedule`."""
+        return self._call("unschedule", functools.partial(self._pool.unschedule, name))
 
     def submit_many(self, jobs: Iterable[Job]) -> list[str]:
         """Submit several tasks, with one durable write where nothing blocks, and return their ids.
@@ -137,7 +180,10 @@ class BlockingPool:
         """
         if isinstance(jobs, Iterable) and not isinstance(jobs, Job):
             jobs = list(jobs)  # a generator runs here, not on the event loop
-        return self._call("submit_many", functools.partial(self._pool.submit_many, jobs))
+        submit = functools.partial(self._pool.submit_many, jobs)
+        return self._call(
+            "submit_many", functools.partial(_submitting, contextvars.copy_context(), submit)
+        )
 
     def wait(self, task_id: str, *, timeout: float | None = None) -> Any:
         """Wait for a task to finish and return its result, typed as :meth:`Pool.wait` types it.
@@ -148,6 +194,45 @@ class BlockingPool:
             WrongThreadError if called on the pool's event loop thread.
         """
         return self._call("wait", functools.partial(self._pool.wait, task_id, timeout=timeout))
+
+    def as_completed(
+        self, ids: Iterable[str], *, timeout: float | None = None
+    ) -> BlockingCompletions:
+        """Iterate over task ids in the order their tasks finish: ``for task_id in
+        pool.as_completed(ids):`` (see :meth:`Pool.as_completed`).
+
+        Each step blocks the calling thread until the next task finishes.
+        ``ids`` is read in the calling thread.
+
+        Returns:
+            An iterator of task ids.
+
+        Raises:
+            The errors of :meth:`Pool.as_completed`, from the call or from a
+            step as there; PoolClosedError also if the block is left while a
+            step waits; WrongThreadError if called on the pool's event loop
+            thread.
+        """
+        iterator: AsCompleted = self._call(
+            "as_completed",
+            functools.partial(self._pool.as_completed, _listed(ids), timeout=timeout),
+        )
+        return BlockingCompletions(self, iterator)
+
+    def results(self, ids: Iterable[str], *, timeout: float | None = None) -> list[Any]:
+        """Wait for every task in ``ids`` to finish and return their results, in that order.
+
+        As :meth:`Pool.results`. ``ids`` is read in the calling thread.
+
+        Raises:
+            The errors of :meth:`Pool.results`; PoolClosedError also if the
+            block is left while this waits; WrongThreadError if called on the
+            pool's event loop thread.
+        """
+        return self._call(
+            "results",
+            functools.partial(self._pool.results, _listed(ids), timeout=timeout),
+        )
 
     def cancel(self, task_id: str) -> bool:
         """Cancel a task that has not finished (see :meth:`Pool.cancel`).
@@ -178,6 +263,52 @@ class BlockingPool:
     def statistics(self) -> PoolStatistics:
         """Return the pool's counts of tasks by status (see :meth:`Pool.statistics`)."""
         return self._call("statistics", self._pool.statistics)
+
+
+async def _submitting(context: contextvars.Context, call: Callable[[], Awaitable[T]]) -> T:
+    """Submit on the pool's loop, the tasks to run in ``context``, their submitter's."""
+    submitter.set(context)  # in the context of this one call's task only
+    return await call()
+
+
+def _listed(ids: object) -> Any:
+    """``ids`` read in the calling thread (a generator must not run on the event loop)."""
+    if isinstance(ids, Iterable) and not isinstance(ids, str | bytes):
+        return list(ids)
+    return ids  # refused on the loop, as the pool refuses it
+
+
+class BlockingCompletions:
+    """The iterator :meth:`BlockingPool.as_completed` returns: each step blocks.
+
+    Breaking out of the loop, or calling :meth:`close`, stops waiting.
+    """
+
+    def __init__(self, pool: BlockingPool, iterator: AsCompleted) -> None:
+        self._pool = pool
+        self._iterator = iterator
+
+    def __iter__(self) -> BlockingCompletions:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return self._pool._call("as_completed", self._iterator.__anext__)
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def close(self) -> None:
+        """Stop waiting; the tasks are not affected."""
+        try:
+            self._pool._call("as_completed", self._iterator.close)
+        except WrongThreadError:  # dropped on the loop's own thread
+            self._iterator.close()
+        except PoolClosedError:
+            pass  # the pool dropped every registration as it closed
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
 
 
 def _enter_loop_thread(name: str) -> int:

@@ -14,6 +14,8 @@ catch a builtin, the error subclasses it too::
     ├── DatabaseError                          PostgreSQL failed or could not be reached: pool
     │   └── SchemaVersionError                 a newer harnpool upgraded the database's schema
     ├── PoolClosedError (RuntimeError)         the pool was used after it closed
+    ├── InvalidCronError (ValueError)          a schedule's cron expression cannot be parsed
+    ├── CronUnavailableError (ImportError)     cron= without the cron extra (cronsim) installed
     ├── QueueFull                              max_queued reached with on_full="reject"
     ├── UnknownTaskError (KeyError)            no task has that id
     ├── NotEncodableError (TypeError)          a value cannot be stored as JSON
@@ -22,6 +24,7 @@ catch a builtin, the error subclasses it too::
     ├── WaitTimeout (TimeoutError)             wait(timeout=...) ran out; the task goes on
     ├── WaitDeadlock (RuntimeError)            a task waits for one no free slot can ever run
     ├── WrongThreadError (RuntimeError)        a pool was called from a thread it cannot serve
+    ├── NotInTaskError (RuntimeError)          current_task() was called outside a task
     ├── TaskNotAttached                        wait() on a task whose function is not known here
     ├── TaskCrashLoop                          crashes interrupted a task more than max_recoveries
     │                                          times: the error it is failed with
@@ -36,8 +39,10 @@ from __future__ import annotations
 import os
 
 __all__ = [
+    "CronUnavailableError",
     "DatabaseError",
     "HarnpoolError",
+    "InvalidCronError",
     "JournalCorruptError",
     "JournalError",
     "JournalLinkError",
@@ -47,6 +52,7 @@ __all__ = [
     "JournalWriteError",
     "ArgumentsNotEncodableError",
     "NotEncodableError",
+    "NotInTaskError",
     "PoolClosedError",
     "QueueFull",
     "ResultNotEncodableError",
@@ -312,6 +318,35 @@ class PoolClosedError(HarnpoolError, RuntimeError):
     """
 
 
+class InvalidCronError(HarnpoolError, ValueError):
+    """A schedule's ``cron`` expression cannot be parsed; nothing was scheduled.
+
+    Attributes:
+        expression: The expression as given.
+        schedule: The schedule's name.
+    """
+
+    def __init__(self, *, expression: str, schedule: str, reason: str) -> None:
+        super().__init__(
+            f"schedule {schedule!r}: cron={expression!r} is not a valid cron expression "
+            f"({reason}); give five fields (minute hour day month weekday), or six with "
+            "seconds first, e.g. '*/5 * * * *'"
+        )
+        self.expression = expression
+        self.schedule = schedule
+
+
+class CronUnavailableError(HarnpoolError, ImportError):
+    """``cron=`` was given, but the cron extra (the cronsim package) is not installed."""
+
+    def __init__(self, *, schedule: str) -> None:
+        super().__init__(
+            f"schedule {schedule!r}: cron= needs the cronsim package: install harnpool[cron] "
+            "(pip install 'harnpool[cron]'), or schedule with every= instead"
+        )
+        self.schedule = schedule
+
+
 class UnknownTaskError(HarnpoolError, KeyError):
     """No task with that id exists in the pool.
 
@@ -345,13 +380,26 @@ class QueueFull(HarnpoolError):
 class WaitTimeout(HarnpoolError, TimeoutError):
     """``wait(timeout=...)`` ran out before the task finished; the task goes on.
 
+    Also raised by ``as_completed`` and ``results`` when their ``timeout`` runs
+    out: then ``task_id`` is the first (in the order given) of the tasks that
+    had not finished, and ``unfinished`` how many had not.
+
     Attributes:
         task_id: The task waited for.
+        unfinished: How many of the tasks waited for had not finished (1 for ``wait``).
     """
 
-    def __init__(self, task_id: str, timeout: float) -> None:
-        super().__init__(f"task {task_id} did not finish within {timeout} seconds")
+    def __init__(self, task_id: str, timeout: float, *, unfinished: int = 1) -> None:
+        more = (
+            "" if unfinished <= 1 else f" (nor did {unfinished - 1} more of the tasks waited for)"
+        )
+        super().__init__(f"task {task_id} did not finish within {timeout} seconds{more}")
         self.task_id = task_id
+        self.unfinished = unfinished
+
+
+class NotInTaskError(HarnpoolError, RuntimeError):
+    """:func:`harnpool.current_task` was called outside a task a pool runs."""
 
 
 class WaitDeadlock(HarnpoolError, RuntimeError):

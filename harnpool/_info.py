@@ -39,7 +39,8 @@ class TaskInfo(msgspec.Struct, frozen=True, kw_only=True):
         group: The label the ``fair`` strategy round-robins between.
         retries: How many failed attempts may be retried.
         timeout: Seconds an attempt may take.
-        not_before: When a pending retry becomes due.
+        not_before: When a queued task becomes due (Unix seconds): its
+            ``delay`` or ``run_at``, or a pending retry's backoff; None once started.
         reason: Why the task was rejected or cancelled.
     """
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import datetime
 import os
 import threading
 from collections.abc import AsyncIterator, Iterable
@@ -12,6 +14,8 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from ._completion import AsCompleted, JournalCompletions
+from ._context import running, submitter
 from ._errors import (
     JournalWriteError,
     PoolClosedError,
@@ -25,12 +29,14 @@ from ._queue import Strategy
 from ._records import FINISHED, Status
 from ._recovery import opened_events, recover
 from ._results import decode_outcome
+from ._schedule import CatchUp, Schedules, check_schedule
 from ._settings import (
     OnFull,
     _Settings,
     check_path,
     check_shared,
     check_task_id,
+    check_task_ids,
     check_wait_timeout,
     is_dsn,
 )
@@ -39,7 +45,7 @@ from ._task import Job, Task, TaskFunction
 from ._threads import check_loop_thread
 from ._transitions import Tasks
 from ._waiting import Waits
-from ._worker import Workers, running
+from ._worker import Workers
 
 __all__ = ["Job", "OnFull", "Pool", "open_pool"]
 
@@ -56,6 +62,7 @@ class Pool:
         self._workers = Workers(self._tasks)
         self._waits = Waits(self._tasks)
         self.recovery = recover(self._tasks, found)
+        self._schedules = Schedules(storage.path, self._keys_with, self.submit_many)
         storage.on_failure = self._on_failure
 
     @property
@@ -85,6 +92,8 @@ class Pool:
         retries: int | None = None,
         retry_on: Iterable[type[BaseException]] | None = None,
         timeout: float | None = None,
+        delay: float | None = None,
+        run_at: datetime.datetime | None = None,
     ) -> str:
         """Submit ``fn(*args)`` to run, and return the task's id once that is durable.
 
@@ -93,6 +102,11 @@ class Pool:
         coroutine object, since only a function can run again after a crash.
         A function registered with :func:`harnpool.task` is journaled by name
         with its arguments, and resumes on its own when the pool is reopened.
+
+        Each attempt runs in a fresh copy of the caller's ``contextvars``
+        context, as taken at submit (a task a reopen resumes, with no
+        submitter, runs in a clean one); inside it,
+        :func:`harnpool.current_task` says which task and attempt it is.
 
         Whatever ``fn`` raises fails only its own attempt: any Exception, a
         BaseException subclass of its own, even a cancellation exception that
@@ -121,6 +135,11 @@ class Pool:
                 retried only if named here).
             timeout: Seconds an attempt may run before it is cancelled and
                 counts as a failed attempt (default: the pool's).
+            delay: Seconds from now before the task may start. The task is
+                queued at once (``info().not_before`` holds its due time, kept
+                across a restart); once due, it runs in the queue's order.
+            run_at: An aware datetime before which the task does not start
+                (the other way to say ``delay``; give one or neither).
 
         Returns:
             The task's id.
@@ -130,11 +149,14 @@ class Pool:
                 option has the wrong type: ``key`` and ``group`` must be str or
                 None, ``priority`` an int (not a bool), ``retries`` an int or
                 None, ``retry_on`` an iterable of exception types or None,
-                ``timeout`` a number or None. Nothing was written.
+                ``timeout`` and ``delay`` numbers or None, ``run_at`` a datetime
+                or None; or both ``delay`` and ``run_at`` were given. Nothing
+                was written.
             ValueError: An option is out of range: a ``key`` or ``group`` that
                 does not encode as UTF-8 (a lone surrogate), a ``priority`` or
                 ``retries`` beyond 64 bits, ``retries`` below 0, a ``timeout``
-                not finite or not above 0. Nothing was written.
+                not finite or not above 0, a ``delay`` negative or not finite,
+                a naive ``run_at``. Nothing was written.
             ArgumentsNotEncodableError: ``fn`` is registered and ``args`` cannot
                 be stored; nothing was written.
             QueueFull: The queue is full and ``on_full`` is ``"reject"``.
@@ -151,6 +173,8 @@ class Pool:
             retries=retries,
             retry_on=retry_on,
             timeout=timeout,
+            delay=delay,
+            run_at=run_at,
         )
         return (await self.submit_many([job]))[0]
 
@@ -183,21 +207,24 @@ class Pool:
                 raise TypeError(f"jobs must hold only Job objects, not {type(job).__qualname__}")
         prepared = [self._tasks.prepare(job) for job in jobs]  # every check before any write
         self._tasks.check_usable()
+        # Each attempt runs in a copy of it (a copy is O(1)): what it sets stays there.
+        context = submitter.get() or contextvars.copy_context()
         tasks: list[Task] = []
         try:
             for job, record in zip(jobs, prepared, strict=True):
-                existing = self._tasks.existing(job)
+                existing = self._tasks.existing(job, context)
                 if existing is not None:
                     tasks.append(existing)
                     continue
                 reason = None
                 if self._tasks.bounded:
                     reason = await self._tasks.admit()
-                    existing = self._tasks.existing(job)  # admit may have waited: look again
+                    # admit may have waited: look again
+                    existing = self._tasks.existing(job, context)
                     if existing is not None:
                         tasks.append(existing)
                         continue
-                tasks.append(self._tasks.add(job, record, reason))
+                tasks.append(self._tasks.add(job, record, reason, context))
         finally:
             # Each new task is queued by its batch's callback once durable (see
             # _add), so a submitter cancelled here loses nothing: no shield needed.
@@ -209,6 +236,79 @@ class Pool:
                     if not batch.durable:
                         await batch.wait()
         return [task.record.id for task in tasks]
+
+    # -- periodic tasks ---------------------------------------------------------------
+
+    async def schedule(
+        self,
+        name: str,
+        fn: TaskFunction,
+        *,
+        every: datetime.timedelta | float | None = None,
+        cron: str | None = None,
+        catch_up: CatchUp = "latest",
+    ) -> list[str]:
+        """Run a registered function periodically while the pool is open.
+
+        Each slot, a time of ``every`` (slots aligned to the Unix epoch, so
+        every process computes the same ones) or of ``cron`` (evaluated in
+        UTC), becomes one task keyed ``f"{name}@{slot.isoformat()}"``, whose
+        function receives the slot, an aware UTC datetime, as its only
+        argument. Keys are idempotent, so a slot fires once, across restarts
+        and however many processes of a PostgreSQL pool declare the schedule.
+        The schedule is not stored: declare it after each open; it ends when
+        the pool closes, or with :meth:`unschedule`.
+
+        Args:
+            name: The schedule's name: the start of its tasks' keys.
+            fn: A function registered with :func:`harnpool.task`, taking one
+                positional argument annotated ``datetime.datetime``.
+            every: A ``datetime.timedelta`` or a number of seconds.
+            cron: A cron expression: five fields (minute hour day month
+                weekday), or six with seconds first. Needs ``harnpool[cron]``.
+            catch_up: What becomes of the slots that passed since the newest
+                slot that fired (found by its key) while no process ran the
+                schedule: ``"latest"`` submits the newest of them,
+                ``"all"`` every one (at most 1,000, the newest), ``"none"``
+                none. A schedule that never fired has none.
+
+        Returns:
+            The ids of the tasks submitted for missed slots.
+
+        Raises:
+            TypeError: ``name`` is not a str; ``fn`` is not registered, or does
+                not take the slot as its one positional ``datetime`` argument;
+                both or neither of ``every`` and ``cron`` were given, or one
+                has the wrong type.
+            ValueError: ``name`` is empty or holds ``@``; ``every`` is not
+                above 0; ``catch_up`` is unknown; a schedule with this name
+                is already declared on the pool.
+            InvalidCronError: ``cron`` cannot be parsed.
+            CronUnavailableError: ``cron`` was given without the cron extra.
+            PoolClosedError: The pool is closed or closing.
+
+        Nothing is looked up or written before every argument was checked.
+        """
+        check_loop_thread(self._loop_thread, pool=self.path, method="Pool.schedule")
+        plan = check_schedule(name, fn, every, cron, catch_up)
+        return await self._schedules.add(plan)
+
+    def unschedule(self, name: str) -> bool:
+        """Stop the schedule ``name``; the tasks of slots that already fired go on.
+
+        Returns:
+            True if the schedule was declared on this pool, else False.
+
+        Raises:
+            TypeError: ``name`` is not a str.
+        """
+        check_loop_thread(self._loop_thread, pool=self.path, method="Pool.unschedule")
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__qualname__}")
+        return self._schedules.remove(name)
+
+    async def _keys_with(self, prefix: str) -> list[str]:
+        return [key for key in self._tasks.by_key if key.startswith(prefix)]
 
     # -- waiting and cancelling -------------------------------------------------------
 
@@ -268,6 +368,84 @@ class Pool:
         finally:
             if waiter is not None:
                 self._waits.leave(waiter, task)
+        return decode_outcome(task.record, task.fn, task.exc)
+
+    def as_completed(self, ids: Iterable[str], *, timeout: float | None = None) -> AsCompleted:
+        """Iterate over task ids in the order their tasks finish:
+        ``async for task_id in pool.as_completed(ids):``.
+
+        Each id is yielded once its task has finished, however it finished
+        (completed, failed, cancelled, rejected), when :meth:`wait` would
+        return or raise for it; call :meth:`wait` for the outcome. Tasks
+        already finished come first, in the order given. An id given more
+        than once is yielded once. Breaking out of the loop, or calling the
+        iterator's ``aclose()``, stops waiting; the tasks are not affected.
+
+        Args:
+            ids: The ids of the tasks to wait for, read at once.
+            timeout: Seconds the whole iteration may take, counted from its
+                first step; the tasks are not affected.
+
+        Returns:
+            An async iterator of task ids.
+
+        Raises:
+            TypeError: ``ids`` is a str or not an iterable of str, or
+                ``timeout`` is not a number or None (raised by the call).
+            ValueError: ``timeout`` is negative or not finite (by the call).
+            UnknownTaskError: No task has one of the ids (from the first step,
+                as every error below).
+            TaskNotAttached: As for :meth:`wait`.
+            WaitDeadlock: As for :meth:`wait`, for any of the tasks.
+            WaitTimeout: ``timeout`` ran out; ``task_id`` names the first
+                unfinished task in the order given. The iteration ends.
+            PoolClosedError: The pool closed before the tasks finished.
+            JournalWriteError: The journal failed; the pool has stopped.
+        """
+        check_loop_thread(self._loop_thread, pool=self.path, method="Pool.as_completed")
+        checked = check_task_ids(ids)
+        timeout = check_wait_timeout(timeout)
+        current = running.get()
+        waiter = current[1] if current is not None and current[0] is self._tasks else None
+        return JournalCompletions(
+            self._tasks, self._waits, waiter, checked, timeout, self._loop_thread
+        )
+
+    async def results(self, ids: Iterable[str], *, timeout: float | None = None) -> list[Any]:
+        """Wait for every task in ``ids`` to finish and return their results, in that order.
+
+        Each result is what :meth:`wait` returns for its id (an id given
+        twice gives its result twice). If a task did not complete, once every
+        task has finished this raises what :meth:`wait` raises for the first
+        such id in the order given, so the error does not depend on which
+        task happened to finish first, and every task can be inspected at once.
+
+        Args:
+            ids: The ids of the tasks, read at once.
+            timeout: Seconds to wait for all of them; the tasks are not affected.
+
+        Returns:
+            The results, in the order of ``ids``.
+
+        Raises:
+            TypeError, ValueError, UnknownTaskError, TaskNotAttached,
+            WaitDeadlock, WaitTimeout, PoolClosedError, JournalWriteError:
+                As for :meth:`as_completed`.
+            TaskFailed, TaskCancelled, TaskRejected: The first task in the
+                order given that did not complete, as :meth:`wait` raises.
+        """
+        check_loop_thread(self._loop_thread, pool=self.path, method="Pool.results")
+        iterator = self.as_completed(ids, timeout=timeout)
+        try:
+            async for _ in iterator:
+                pass
+        finally:
+            iterator.close()
+        return [self._outcome(iterator, task_id) for task_id in iterator._ids]
+
+    def _outcome(self, iterator: AsCompleted, task_id: str) -> Any:
+        """What :meth:`wait` gives for a task ``iterator`` saw finish."""
+        task = self._tasks.get(task_id)
         return decode_outcome(task.record, task.fn, task.exc)
 
     async def cancel(self, task_id: str) -> bool:
@@ -372,6 +550,8 @@ class Pool:
         tasks = self._tasks
         tasks.tg = tg
         tg.start_soon(self._storage.run)
+        tg.start_soon(tasks.run_timer)
+        self._schedules.start(tg)
         self._workers.start(tg)
         for task in tasks.queued.values():
             if task.fn is not None:
@@ -383,6 +563,7 @@ class Pool:
         self._tasks.wake_all()
 
     async def _drain(self) -> None:
+        self._schedules.stop()
         tasks = self._tasks
         while tasks.runnable and self._storage.error is None:
             tasks.idle = anyio.Event()
@@ -391,6 +572,7 @@ class Pool:
 
     async def _abandon(self) -> None:
         """Stop running tasks (they stay ``running`` in the journal) and flush."""
+        self._schedules.stop()
         self._workers.scope.cancel()
         with anyio.CancelScope(shield=True):
             # A journal failure was already reported to every waiter; the block's own error goes on.

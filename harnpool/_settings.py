@@ -12,8 +12,10 @@ is built, before anything is written.
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -28,9 +30,11 @@ __all__ = [
     "_SharedSettings",
     "_check_retry",
     "_retry_names",
+    "check_due",
     "check_path",
     "check_shared",
     "check_task_id",
+    "check_task_ids",
     "check_task_options",
     "check_wait_timeout",
     "is_dsn",
@@ -163,9 +167,54 @@ def check_task_id(task_id: object) -> str:
     return task_id
 
 
+def check_task_ids(ids: object) -> list[str]:
+    """Task ids to wait for: an iterable of ``str`` (but not a ``str`` itself), read once."""
+    if isinstance(ids, str | bytes) or not isinstance(ids, Iterable):
+        raise _type_error("ids", "an iterable of task ids (str)", ids)
+    checked = list(ids)
+    for task_id in checked:
+        if not isinstance(task_id, str):
+            raise TypeError(f"ids must hold only task ids (str), not {type(task_id).__qualname__}")
+    return checked
+
+
 def check_wait_timeout(timeout: object) -> float | None:
     """``Pool.wait``'s timeout: None, or a finite number of seconds, 0 or more."""
     return _seconds("timeout", timeout, positive=False, optional=True)
+
+
+#: The latest due time a task may have: the end of year 9999, which both
+#: storages (and ``datetime``) can represent.
+_LATEST_DUE = 253402300800.0
+
+
+def check_due(delay: object, run_at: object) -> tuple[float | None, float | None]:
+    """Check a task's ``delay`` (seconds from submit) and ``run_at`` (an aware datetime).
+
+    Returns:
+        ``delay`` as float seconds (None or 0 for none), and ``run_at`` as Unix seconds.
+
+    Raises:
+        TypeError: Both were given, ``delay`` is not a number of seconds, or
+            ``run_at`` not a ``datetime.datetime``.
+        ValueError: ``delay`` is negative, not finite or beyond year 9999;
+            ``run_at`` is naive (no ``tzinfo``).
+    """
+    if delay is not None and run_at is not None:
+        raise TypeError("give delay or run_at, not both")
+    if run_at is not None:
+        if not isinstance(run_at, datetime.datetime):
+            raise _type_error("run_at", "an aware datetime.datetime or None", run_at)
+        if run_at.utcoffset() is None:
+            raise ValueError(
+                f"run_at must be an aware datetime (with a tzinfo, e.g. datetime.UTC), "
+                f"not the naive {run_at.isoformat()!r}"
+            )
+        return None, run_at.timestamp()
+    seconds = _seconds("delay", delay, positive=False, optional=True)
+    if seconds is not None and time.time() + seconds >= _LATEST_DUE:
+        raise ValueError(f"delay must end before the year 10000, not {delay!r} seconds from now")
+    return seconds, None
 
 
 TaskOptions = tuple[

@@ -29,6 +29,7 @@ query on a connection of their own.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import inspect
@@ -38,6 +39,7 @@ import random
 import secrets
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -47,6 +49,7 @@ import anyio.abc
 import msgspec
 
 from ._cache import WeakCache
+from ._completion import AsCompleted, Inbox
 from ._errors import DatabaseError, PoolClosedError, UnknownTaskError, WaitTimeout
 from ._events import emit
 from ._info import PoolStatistics, RecoveryReport, TaskInfo
@@ -57,12 +60,14 @@ from ._records import FINISHED, Status, TaskRecord
 from ._registry import decode_args, encode_args, registered_name, resolve
 from ._results import decode_outcome, error_message, storable
 from ._retry import backoff, retryable
+from ._schedule import Schedules
 from ._settings import (
     _retry_names,
     _Settings,
     _SharedSettings,
     _type_name,
     check_task_id,
+    check_task_ids,
     check_wait_timeout,
 )
 from ._task import Job, Task, TaskFunction, function_name
@@ -229,6 +234,8 @@ class SharedPool(Pool):
         self._claim_wanted = anyio.Event()
         self._claiming = shared.workers > 0
         self._waiters: dict[str, _Waiter] = {}
+        #: The ``as_completed`` iterators told when the task of that id may have finished.
+        self._watchers: dict[str, list[Inbox]] = {}
         #: Unfinished tasks submitted here: leaving the block waits for them.
         self._submitted: set[str] = set()
         self._functions: dict[str, TaskFunction | None] = {}
@@ -238,6 +245,7 @@ class SharedPool(Pool):
         self._retry_on = _retry_names(settings.retry_on)
         self._work_done = anyio.Event()
         self._closed = False
+        self._schedules = Schedules(shared.name, self._keys_with, self.submit_many)
         self.recovery = RecoveryReport(
             path=shared.name,
             created=True,
@@ -324,10 +332,14 @@ class SharedPool(Pool):
             retries=settings.retries if job.retries is None else job.retries,
             retry_on=self._retry_on if retry_on is None else _retry_names(retry_on),
             timeout=settings.timeout if job.timeout is None else job.timeout,
+            not_before=job._not_before(time.time()),
         )
 
     async def submit_many(self, jobs: Iterable[Job]) -> list[str]:
         """Submit several tasks in one transaction; see :meth:`Pool.submit_many`.
+
+        Unlike a journal pool's, these tasks run in a clean ``contextvars``
+        context: a context cannot travel to the process that claims them.
 
         Raises:
             TypeError: What :meth:`Pool.submit_many` raises, and also for a
@@ -380,6 +392,9 @@ class SharedPool(Pool):
         waiter = self._waiters.pop(task_id, None)
         if waiter is not None:
             waiter.event.set()
+        if self._watchers:
+            for inbox in self._watchers.pop(task_id, ()):
+                inbox(task_id)
 
     async def wait(self, task_id: str, *, timeout: float | None = None) -> Any:
         """Wait for any task of the pool to finish, wherever it runs; see :meth:`Pool.wait`.
@@ -403,6 +418,25 @@ class SharedPool(Pool):
         if scope.cancelled_caught:
             assert timeout is not None
             raise WaitTimeout(task_id, timeout)
+        return decode_outcome(record, self._resolve(record.name), None)
+
+    def as_completed(self, ids: Iterable[str], *, timeout: float | None = None) -> AsCompleted:
+        """Iterate over task ids as their tasks finish, wherever they run; see
+        :meth:`Pool.as_completed`.
+
+        Raises:
+            DatabaseError: The database failed.
+            The errors of :meth:`Pool.as_completed` (but never TaskNotAttached
+            or WaitDeadlock).
+        """
+        check_loop_thread(self._loop_thread, pool=self.path, method="Pool.as_completed")
+        checked = check_task_ids(ids)
+        timeout = check_wait_timeout(timeout)
+        return _SharedCompletions(self, checked, timeout)
+
+    def _outcome(self, iterator: AsCompleted, task_id: str) -> Any:
+        assert isinstance(iterator, _SharedCompletions)
+        record = iterator.records[task_id]
         return decode_outcome(record, self._resolve(record.name), None)
 
     async def cancel(self, task_id: str) -> bool:
@@ -487,7 +521,13 @@ class SharedPool(Pool):
 
     # -- running tasks ----------------------------------------------------------------
 
+    async def _keys_with(self, prefix: str) -> list[str]:
+        """The greatest key with ``prefix`` (the newest slot's, for a schedule)."""
+        key = await self._call_again(self._store.newest_key, prefix)
+        return [] if key is None else [key]
+
     def _start(self, tg: anyio.abc.TaskGroup) -> None:
+        self._schedules.start(tg)
         self._runner.start(tg)
         tg.start_soon(self._listen)
         if self._shared.workers:
@@ -507,6 +547,9 @@ class SharedPool(Pool):
 
     async def _claim_loop(self, tg: anyio.abc.TaskGroup) -> None:
         settings = self._settings
+        #: Whether the last claim left due tasks behind: the pool's limit holds them,
+        #: unless they became due between the claim and the look at the next due time.
+        behind = False
         while self._claiming:
             self._claim_wanted = anyio.Event()
             free = self._shared.workers - self._busy
@@ -527,10 +570,17 @@ class SharedPool(Pool):
                         self._busy += 1
                         task = self._running[record.id] = _Claimed(record)
                         tg.start_soon(self._run_claimed, task)
-                    if not claim.started:
+                    if len(claim.started) < free:
+                        # Workers stay free: sleep no longer than until the next
+                        # delayed task is due (a submit's notification wakes sooner).
                         due = await self._call(self._store.seconds_until_due)
                         if due is not None and due > 0:
                             delay = min(POLL, due)
+                        elif due is not None and not behind:
+                            delay = 0.0  # claim once more before waiting for a free slot
+                        behind = due is not None and due <= 0
+                    else:
+                        behind = False
                 except DatabaseError as exc:
                     emit("error", "pool.claim_failed", pool=self._name, error=str(exc))
             with anyio.move_on_after(delay):
@@ -716,20 +766,22 @@ class SharedPool(Pool):
 
     async def _poll_waiters(self) -> None:
         """Look up the tasks someone waits for: a notification may have been missed."""
-        if not self._waiters:
+        watched = list(self._waiters.keys() | self._watchers.keys())
+        if not watched:
             return
         try:
-            found = await self._call(self._store.get_many, list(self._waiters))
+            found = await self._call(self._store.get_many, watched)
         except DatabaseError as exc:
             emit("error", "pool.poll_failed", pool=self._name, error=str(exc))
             return
-        for task_id in list(self._waiters):
+        for task_id in watched:
             record = found.get(task_id)
             if record is None or record.status in FINISHED:
                 self._wake_waiters(task_id)  # the waiter reads it again, or learns it is gone
 
     async def _drain(self) -> None:
         """Wait for the tasks submitted here (if this process runs tasks), then for its attempts."""
+        self._schedules.stop()
         if self._shared.workers:
             for task_id in list(self._submitted):
                 with contextlib.suppress(UnknownTaskError):  # deleted meanwhile
@@ -742,8 +794,94 @@ class SharedPool(Pool):
 
     async def _abandon(self) -> None:
         """Stop the attempts running here: they stay ``running`` until their lease expires."""
+        self._schedules.stop()
         self._claiming = False
         self._runner.scope.cancel()
+
+
+class _SharedCompletions(AsCompleted):
+    """:class:`AsCompleted` for a shared pool: told of finished tasks by its notifications.
+
+    A notification only hints that a task finished: the iterator reads the
+    records of the tasks it was told of (and the pool's polls wake it for
+    those found finished, should a notification be lost).
+    """
+
+    def __init__(self, pool: SharedPool, ids: list[str], timeout: float | None) -> None:
+        super().__init__(ids, timeout, pool._loop_thread)
+        self._pool = pool
+        #: The final records of the tasks seen finished, for ``results``.
+        self.records: dict[str, TaskRecord] = {}
+        self._ready: collections.deque[TaskRecord] = collections.deque()
+        self._watched: set[str] = set()
+
+    def _watch(self, task_ids: Iterable[str]) -> None:
+        watchers = self._pool._watchers
+        for task_id in task_ids:
+            if task_id not in self._watched:
+                watchers.setdefault(task_id, []).append(self._inbox)
+                self._watched.add(task_id)
+
+    async def _read(self, task_ids: list[str]) -> None:
+        """Read the records of ``task_ids`` (watched first, so no notification is
+        missed) and make those finished ready, oldest first."""
+        pool = self._pool
+        self._watch(task_ids)
+        found = await pool._call_again(pool._store.get_many, task_ids)
+        finished = []
+        for task_id in task_ids:
+            record = found.get(task_id)
+            if record is None:
+                raise UnknownTaskError(task_id)
+            if record.status in FINISHED:
+                finished.append(record)
+                self._unwatch(task_id)
+        finished.sort(key=lambda r: (r.finished_at or 0.0, r.seq))
+        self._ready.extend(finished)
+
+    def _unwatch(self, task_id: str) -> None:
+        self._watched.discard(task_id)
+        inboxes = self._pool._watchers.get(task_id)
+        if inboxes is not None and self._inbox in inboxes:
+            inboxes.remove(self._inbox)
+            if not inboxes:
+                del self._pool._watchers[task_id]
+
+    async def _start(self) -> None:
+        pool = self._pool
+        pool._check_usable()
+        assert self._pending is not None
+        self._ready.clear()  # a cancelled start is made again, whole
+        unread = []
+        for task_id in self._pending:
+            done = pool._done.get(task_id)
+            if done is None:
+                unread.append(task_id)
+            else:
+                self._ready.append(done)
+        if unread:
+            await self._read(unread)
+
+    async def _next(self) -> str:
+        inbox = self._inbox
+        assert self._pending is not None
+        while not self._ready:
+            await inbox.wait()
+            self._pool._check_usable()
+            hinted = {task_id for task_id in inbox.arrived if task_id in self._pending}
+            inbox.arrived.clear()
+            if hinted:
+                self._watched -= hinted  # the pool dropped these registrations when it woke us
+                # Watched again first: should this read be cancelled, a poll finds them.
+                await self._read(list(hinted))
+        record = self._ready.popleft()
+        self.records[record.id] = record
+        return record.id
+
+    def _unregister(self) -> None:
+        for task_id in list(self._watched):
+            self._unwatch(task_id)
+        self._inbox.arrived.clear()
 
 
 def _connections(workers: int) -> int:
@@ -813,6 +951,9 @@ async def serve_shared(
             pool._closed = True
             for task_id in list(pool._waiters):
                 pool._wake_waiters(task_id)
+            for inboxes in list(pool._watchers.values()):
+                for inbox in inboxes:
+                    inbox(None)
         with anyio.CancelScope(shield=True):
             if listener is not None:
                 await anyio.to_thread.run_sync(listener.close)

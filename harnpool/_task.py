@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextvars
+import datetime
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
@@ -12,7 +14,7 @@ import anyio
 from ._cache import WeakCache
 from ._records import TaskRecord
 from ._results import storable
-from ._settings import check_task_options
+from ._settings import check_due, check_task_options
 from ._storage import Durable
 
 __all__ = ["Job", "Task", "TaskFunction", "check_function", "function_name", "is_async"]
@@ -23,12 +25,20 @@ TaskFunction = Callable[..., Awaitable[Any]] | Callable[..., Any]
 class Task:
     """A task's latest record plus what only this process knows about it."""
 
-    __slots__ = ("args", "batch", "cancelling", "done", "exc", "fn", "record", "scope")
+    __slots__ = ("args", "batch", "cancelling", "context", "done", "exc", "fn", "record", "scope")
 
-    def __init__(self, record: TaskRecord, fn: TaskFunction | None, args: tuple[Any, ...]) -> None:
+    def __init__(
+        self,
+        record: TaskRecord,
+        fn: TaskFunction | None,
+        args: tuple[Any, ...],
+        context: contextvars.Context | None = None,
+    ) -> None:
         self.record = record
         self.fn = fn
         self.args = args
+        #: The submitter's context, each attempt runs in a copy; None: a clean one.
+        self.context = context
         #: The batch holding the latest record someone must not hear of before it is durable.
         self.batch: Durable | None = None
         #: Set when the task finishes (or the pool stops); made only when someone waits.
@@ -98,7 +108,18 @@ class Job:
     """
 
     # Read-only properties over private slots: checked once, a job is never changed.
-    __slots__ = ("_args", "_fn", "_group", "_key", "_priority", "_retries", "_retry_on", "_timeout")
+    __slots__ = (
+        "_args",
+        "_delay",
+        "_fn",
+        "_group",
+        "_key",
+        "_priority",
+        "_retries",
+        "_retry_on",
+        "_run_at",
+        "_timeout",
+    )
 
     def __init__(
         self,
@@ -111,8 +132,14 @@ class Job:
         retries: int | None = None,
         retry_on: Iterable[type[BaseException]] | None = None,
         timeout: float | None = None,
+        delay: float | None = None,
+        run_at: datetime.datetime | None = None,
     ) -> None:
         check_function(fn)
+        self._delay: float | None = None
+        self._run_at: float | None = None
+        if delay is not None or run_at is not None:
+            self._delay, self._run_at = check_due(delay, run_at)
         self._fn = fn
         self._args = args
         (
@@ -163,6 +190,24 @@ class Job:
     def timeout(self) -> float | None:
         """Seconds an attempt may run; None for the pool's default."""
         return self._timeout
+
+    @property
+    def delay(self) -> float | None:
+        """Seconds after submit before the task may start, or None."""
+        return self._delay
+
+    @property
+    def run_at(self) -> datetime.datetime | None:
+        """The time (UTC) before which the task does not start, or None."""
+        if self._run_at is None:
+            return None
+        return datetime.datetime.fromtimestamp(self._run_at, datetime.UTC)
+
+    def _not_before(self, now: float) -> float | None:
+        """The Unix time the task is due, for a submit at ``now``; None if it is due at once."""
+        if self._run_at is not None:
+            return self._run_at
+        return now + self._delay if self._delay else None
 
     def __repr__(self) -> str:
         return f"Job({_qualified_name(self._fn)}, *{self._args!r}, key={self._key!r})"

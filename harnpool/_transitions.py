@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
+import heapq
 import random
 import time
 from collections import deque
@@ -63,6 +65,16 @@ class Tasks:
         self.random = random.Random()
         #: The pool's default ``retry_on``, as stored.
         self.retry_on = _retry_names(settings.retry_on)
+        #: Called when the task of that id finishes (before its record is durable):
+        #: how ``as_completed`` learns of it without a waiter per task.
+        self.watchers: dict[str, list[Callable[[Task | None], object]]] = {}
+        #: Queued tasks not due yet, earliest first: ``(not_before, seq, task)``. One
+        #: timer sleeps until the first is due, however many there are; an entry whose
+        #: task was cancelled meanwhile stays until it is due, or until ``stale`` says
+        #: that most entries are such and the heap is rebuilt.
+        self.due: list[tuple[float, int, Task]] = []
+        self.stale = 0
+        self.timer_wake = anyio.Event()
         self.retains = settings.keep_finished is not None or settings.keep_finished_for is not None
         #: Finished tasks in the order they finished (their last record became
         #: durable), while retention is on: the oldest is dropped first.
@@ -138,6 +150,9 @@ class Tasks:
     def wake_all(self) -> None:
         self.idle.set()
         self.room.set()
+        for watchers in list(self.watchers.values()):
+            for watch in watchers:
+                watch(None)
         for task in self.tasks.values():
             if task.done is not None:
                 task.done.set()
@@ -171,9 +186,10 @@ class Tasks:
             retries=settings.retries if job._retries is None else job._retries,
             retry_on=retry_on,
             timeout=settings.timeout if job._timeout is None else job._timeout,
+            not_before=job._not_before(time.time()),
         )
 
-    def existing(self, job: Job) -> Task | None:
+    def existing(self, job: Job, context: contextvars.Context | None = None) -> Task | None:
         if job._key is None:
             return None
         task_id = self.by_key.get(job._key)
@@ -182,7 +198,7 @@ class Tasks:
         task = self.tasks[task_id]
         if task.fn is None:
             if task.record.status is Status.QUEUED:
-                self.attach(task, job._fn, job._args)
+                self.attach(task, job._fn, job._args, context)
             else:
                 # Finished: it never runs again, but its function's return
                 # annotation now types the stored result for wait().
@@ -231,7 +247,13 @@ class Tasks:
             self.check_usable()
         return None
 
-    def add(self, job: Job, template: TaskRecord, reason: str | None) -> Task:
+    def add(
+        self,
+        job: Job,
+        template: TaskRecord,
+        reason: str | None,
+        context: contextvars.Context | None = None,
+    ) -> Task:
         seq = self.counter + 1
         now = time.time()
         record = msgspec.structs.replace(template, id=f"t{seq}", seq=seq, submitted_at=now)
@@ -242,7 +264,7 @@ class Tasks:
         # Appended first: if the record cannot be written, the pool's memory is unchanged.
         batch = self.storage.append(record)
         self.counter = seq
-        task = Task(record, job._fn, job._args)
+        task = Task(record, job._fn, job._args, None if reason is not None else context)
         task.batch = batch
         self.tasks[record.id] = task
         if job._key is not None:
@@ -250,7 +272,8 @@ class Tasks:
         self.counts[record.status] += 1
         if reason is None:
             # Queued once durable, whatever becomes of the submitter meanwhile.
-            batch.on_durable.append(functools.partial(self.put_ready, task))
+            ready = self.put_ready if record.not_before is None else self.enqueue
+            batch.on_durable.append(functools.partial(ready, task))
             self.queued[record.id] = task
             self.runnable += 1
             emit("info", "task.submitted", pool=self.path, task_id=record.id, key=record.key)
@@ -268,25 +291,55 @@ class Tasks:
             )
         return task
 
-    def attach(self, task: Task, fn: TaskFunction, args: tuple[Any, ...]) -> None:
+    def attach(
+        self,
+        task: Task,
+        fn: TaskFunction,
+        args: tuple[Any, ...],
+        context: contextvars.Context | None = None,
+    ) -> None:
         task.fn = fn
         task.args = args
+        task.context = context
         self.runnable += 1
         self.enqueue(task)
 
     # -- readying ---------------------------------------------------------------------
 
     def enqueue(self, task: Task) -> None:
+        """Make a queued task ready now, or hand it to the timer until it is due."""
         due = task.record.not_before
-        delay = 0.0 if due is None else due - time.time()
-        if delay > 0 and self.tg is not None:
-            self.tg.start_soon(self._enqueue_later, task, delay)
-        else:
+        if due is None or due <= time.time():
             self.put_ready(task)
+            return
+        heapq.heappush(self.due, (due, task.record.seq, task))
+        if self.due[0][2] is task:
+            self.timer_wake.set()  # due before the time the timer sleeps until
 
-    async def _enqueue_later(self, task: Task, delay: float) -> None:
-        await anyio.sleep(delay)
-        self.put_ready(task)
+    async def run_timer(self) -> None:
+        """Make each delayed task ready once due: one sleeper for every delayed task."""
+        while True:
+            now = time.time()
+            due = self.due
+            while due and due[0][0] <= now:
+                # Every task due by now reaches the ready queue before a worker is
+                # scheduled, so the queue's order holds among them.
+                self.put_ready(heapq.heappop(due)[2])
+            self.timer_wake = anyio.Event()
+            if due:
+                with anyio.move_on_after(due[0][0] - now):
+                    await self.timer_wake.wait()
+            else:
+                await self.timer_wake.wait()
+
+    def _forget_due(self) -> None:
+        """Count one more timer entry whose task ended; rebuild the heap once most are such."""
+        self.stale += 1
+        if self.stale * 2 > len(self.due):
+            self.due = [e for e in self.due if e[2].record.status is Status.QUEUED]
+            heapq.heapify(self.due)
+            self.stale = 0
+            self.timer_wake.set()
 
     def put_ready(self, task: Task) -> None:
         if task.record.status is not Status.QUEUED:
@@ -313,6 +366,7 @@ class Tasks:
         attached = task.fn is not None
         task.batch = self.set_status(task, record)
         task.args = ()
+        task.context = None  # a finished task keeps none of its submitter's values alive
         if attached:
             self.runnable -= 1
             if self.runnable == 0:
@@ -320,6 +374,9 @@ class Tasks:
         if task.done is not None:
             # Wake waiters once the final record is durable: one wake-up, not two.
             task.batch.on_durable.append(task.done.set)
+        if self.watchers:
+            for watch in self.watchers.pop(record.id, ()):
+                watch(task)
         if self.retains:
             # Dropped only once durable: until then a crash would bring the
             # task back unfinished, beside a new one submitted with its key.
@@ -366,6 +423,8 @@ class Tasks:
                 task.record, status=status, finished_at=time.time(), reason=reason
             ),
         )
+        if task.record.not_before is not None and self.due:
+            self._forget_due()
         level = "info" if status is Status.CANCELLED else "warning"
         record = task.record
         emit(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import functools
 import math
 import threading
@@ -16,6 +15,7 @@ import anyio
 import anyio.abc
 import msgspec
 
+from ._context import attempt_context, run_in
 from ._errors import JournalWriteError, ResultNotEncodableError
 from ._events import emit
 from ._loop import threadsafe_caller
@@ -26,12 +26,7 @@ from ._storage import Durable
 from ._task import Task, TaskFunction, is_async
 from ._transitions import Tasks
 
-__all__ = ["Workers", "running"]
-
-#: The pool's tasks and the task whose attempt the current anyio task is running, if any.
-running: contextvars.ContextVar[tuple[Tasks, Task] | None] = contextvars.ContextVar(
-    "harnpool_running", default=None
-)
+__all__ = ["Workers"]
 
 
 class _ThreadSlot:
@@ -230,11 +225,7 @@ class Workers:
             and not await self._started(task, started)
         ):
             return
-        token = running.set((self.tasks, task))
-        try:
-            await self._attempt(task, fn)
-        finally:
-            running.reset(token)
+        await self._attempt(task, fn)
 
     async def _started(self, task: Task, batch: Durable) -> bool:
         """Wait until a task's ``running`` record is durable; False if it must not run."""
@@ -292,10 +283,16 @@ class Workers:
         value: Any = None
         try:
             with scope:
+                # In its own copy of the submitter's context, on this worker's task:
+                # nothing it sets outlives the attempt.
+                context = attempt_context(self.tasks, task)
                 if is_async(fn):
-                    value = await fn(*task.args)
+                    coro: Any = context.run(fn, *task.args)
+                    value = await run_in(context, coro)
                 else:
-                    value = await self._run_in_thread(fn, task.args, scope, timeout)
+                    value = await self._run_in_thread(
+                        functools.partial(context.run, fn), task.args, scope, timeout
+                    )
         except BaseException as exc:
             if _propagates(exc, native):
                 raise

@@ -87,6 +87,7 @@ EXPECTED: dict[str, set[str]] = {
         "requeued_tasks",
     },
     "p5_latency": {"samples", "p50_ms", "p99_ms", "max_ms"},
+    "p8_delay": {"tasks", "journal_p50_ms", "journal_p99_ms", "journal_max_ms", "journal_early"},
     "p6_events": {
         "cpu_us_per_task_no_events",
         "cpu_us_per_task_unconfigured",
@@ -308,3 +309,23 @@ def test_p7_compares_harnpool_with_its_peers_on_postgres(
         left = conn.execute("SELECT count(*) FROM pg_database WHERE datname LIKE 'bench_%'")
         assert left.fetchone() == (0,)
     assert "\np7_postgres: " in done.stdout
+
+
+def test_p8_measures_delayed_tasks_on_postgres_too(postgres_server: Server, tmp_path: Path) -> None:
+    done = _run(
+        str(BENCHMARKS / "p8_delay.py"),
+        "--quick",
+        "--out",
+        str(tmp_path),
+        "--admin-dsn",
+        postgres_server.admin_dsn,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    metrics = _load(tmp_path / "p8_delay.json")["metrics"]
+    assert EXPECTED["p8_delay"] <= set(metrics)
+    # no task started before its due time, on either storage, in any run
+    assert metrics["journal_early"] == metrics["postgres_early"] == 0
+    assert metrics["postgres_saturated_early"] == 0
+    assert metrics["postgres_max_ms"] >= metrics["postgres_p99_ms"] >= metrics["postgres_p50_ms"]
+    assert "\np8_delay: " in done.stdout

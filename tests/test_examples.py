@@ -62,6 +62,19 @@ EXPECTED = {
         "then wait -> 'slow done'",
         "reopened on trio: resumed ('t20',)",
     ],
+    "12_context_and_results.py": [
+        "the fetches ['t3', 't2', 't1']",
+        "t1 (page-0, attempt 1) fetched page 0 for req-42",
+        "t4 saw request req-42: 5",
+        "the submitter's request id is still 'req-43'",
+        "log: event=app.fetching task_id=t1 key=page-0 request=req-42",
+        "NotInTaskError",
+    ],
+    "11_scheduled.py": [
+        "ms after its due time",
+        "heartbeat slots:",
+        "reopened: caught up on 1 missed slot: ['heartbeat@",
+    ],
 }
 
 

@@ -372,3 +372,58 @@ class TestRefusals:
         with pytest.raises(harnpool.DatabaseError):
             async with harnpool.open_pool("postgresql://nobody@/none?host=/nonexistent-harnpool"):
                 pass  # pragma: no cover - never opened
+
+
+async def failing(n: int) -> int:
+    raise ValueError(f"failed {n}")
+
+
+class TestResultsFromElsewhere:
+    async def test_a_client_sees_tasks_another_pool_runs_as_they_finish(
+        self, open_shared: Any, token: str
+    ) -> None:
+        with anyio.fail_after(30):
+            async with open_shared(workers=0) as client:
+                event(token, "started")
+                gate = event(token, "gate")
+                slow = await client.submit(held, token, "slow")
+                fast = await client.submit(double, 4)
+                bad = await client.submit(failing, 1)
+                async with open_shared(max_concurrent=3) as worker:
+                    seen = []
+                    async for task_id in client.as_completed([slow, fast, bad]):
+                        seen.append(task_id)
+                        if len(seen) == 2:
+                            gate.set()
+                    assert seen[2] == slow
+                    assert set(seen[:2]) == {fast, bad}
+                    assert client._watchers == {}
+                    assert await client.results([slow, fast]) == ["slow", 8]
+                    with pytest.raises(harnpool.TaskFailed) as caught:
+                        await client.results([fast, bad, slow])
+                    assert caught.value.task_id == bad
+                    assert await worker.results([fast]) == [8]
+
+    async def test_a_lost_notification_is_made_up_for_by_the_poll(
+        self, open_shared: Any, token: str
+    ) -> None:
+        with anyio.fail_after(30):
+            async with open_shared(workers=0) as client:
+                listener = client._listener
+                heard = listener.wait
+
+                def deaf(timeout: float) -> list[str]:
+                    return [p for p in heard(timeout) if not p.startswith("finished")]
+
+                listener.wait = deaf  # every "finished" notification is lost
+                started = event(token, "started")
+                gate = event(token, "gate")
+                task_id = await client.submit(held, token, "late")
+                iterator = client.as_completed([task_id])
+                with anyio.move_on_after(0.2):
+                    await iterator.__anext__()  # registered; nothing runs the task yet
+                async with open_shared() as worker:
+                    await started.wait()
+                    gate.set()
+                    assert await worker.wait(task_id) == "late"
+                    assert await iterator.__anext__() == task_id

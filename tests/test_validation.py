@@ -10,6 +10,7 @@ half a record behind or a writer that hangs.
 
 from __future__ import annotations
 
+import datetime
 import math
 import shutil
 import sys
@@ -92,12 +93,29 @@ BAD_OPTIONS: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"timeout": math.nan}, ValueError, "timeout"),
     ({"timeout": math.inf}, ValueError, "timeout"),
     ({"timeout": 10**400}, ValueError, "timeout"),
+    ({"delay": True}, TypeError, "delay"),
+    ({"delay": "1"}, TypeError, "delay"),
+    ({"delay": -1}, ValueError, "delay"),
+    ({"delay": -0.5}, ValueError, "delay"),
+    ({"delay": math.nan}, ValueError, "delay"),
+    ({"delay": math.inf}, ValueError, "delay"),
+    ({"delay": 1e300}, ValueError, "delay"),
+    ({"run_at": 5.0}, TypeError, "run_at"),
+    ({"run_at": "2030-01-01T00:00:00+00:00"}, TypeError, "run_at"),
+    ({"run_at": datetime.date(2030, 1, 1)}, TypeError, "run_at"),
+    ({"run_at": datetime.datetime(2030, 1, 1)}, ValueError, "run_at"),
+    (
+        {"delay": 1, "run_at": datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)},
+        TypeError,
+        "delay or run_at",
+    ),
 ]
 
 
 def _option_id(case: tuple[dict[str, Any], type[Exception], str]) -> str:
-    ((name, value),) = case[0].items()
-    return f"{name}={type(value).__name__}:{value!r}"[:40]
+    return ",".join(f"{name}={type(value).__name__}:{value!r}" for name, value in case[0].items())[
+        :40
+    ]
 
 
 class TestSubmitOptions:
@@ -553,6 +571,7 @@ _TASK_OPTIONS: dict[str, st.SearchStrategy[Any]] = {
     "retries": _bad_int(0, none_ok=True),
     "retry_on": _BAD_RETRY_ON,
     "timeout": _bad_seconds(positive=True, none_ok=True),
+    "delay": _bad_seconds(positive=False, none_ok=True),
 }
 _POOL_SETTINGS: dict[str, st.SearchStrategy[Any]] = {
     "max_concurrent": _bad_int(1, none_ok=False),

@@ -842,6 +842,16 @@ class PostgresStore:
             owner=owner, lease_until=lease_until, recoveries=recoveries, cancel_requested=asked
         )
 
+    def newest_key(self, prefix: str) -> str | None:
+        """The pool's greatest key (in code point order) that starts with ``prefix``, or None."""
+        with self._connection("reading keys") as conn:
+            row = conn.execute(
+                "SELECT key FROM harnpool_task WHERE pool = %s AND starts_with(key, %s)"
+                ' ORDER BY key COLLATE "C" DESC LIMIT 1',
+                (self.name, prefix),
+            ).fetchone()
+        return None if row is None else str(row[0])
+
     def seconds_until_due(self) -> float | None:
         """Seconds until the next queued task waiting for its ``not_before`` is due, or None.
 

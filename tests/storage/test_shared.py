@@ -6,6 +6,8 @@ requires; what a test observes goes through ``_state`` under a token of its own.
 
 from __future__ import annotations
 
+import datetime
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -55,6 +57,13 @@ async def flaky(token: str) -> str:
     if len(attempts) < 3:
         raise ValueError("not yet")
     return "done"
+
+
+@harnpool.task(name="tests.storage.stamp")
+async def stamp(token: str, n: int) -> float:
+    """Note ``n`` and return when the attempt started (the wall clock due times use)."""
+    _state.setdefault(token + "order", []).append(n)
+    return time.time()
 
 
 async def stuck(token: str) -> None:
@@ -162,3 +171,78 @@ class TestOwnershipAndRecovery:
             info = pool.info(task_id)
             assert info.status is harnpool.Status.QUEUED
             assert (info.recoveries, info.attached) == (1, False)
+
+
+class TestDelay:
+    async def test_a_delayed_task_is_queued_and_starts_once_due(
+        self, open_on: OpenOn, token: str
+    ) -> None:
+        async with open_on() as pool:
+            before = time.time()
+            task_id = await pool.submit(stamp, token, 1, delay=0.3)
+            info = pool.info(task_id)
+            assert info.status is harnpool.Status.QUEUED
+            due = info.not_before
+            assert due is not None
+            # The database keeps microseconds.
+            assert before + 0.3 - 1e-5 <= due <= time.time() + 0.3 + 1e-5
+            with anyio.fail_after(10):
+                started = await pool.wait(task_id)
+            assert started >= due - 1e-5
+
+    async def test_run_at_is_the_due_time_in_any_time_zone(
+        self, open_on: OpenOn, token: str
+    ) -> None:
+        zone = datetime.timezone(datetime.timedelta(hours=-5))
+        run_at = datetime.datetime.now(zone) + datetime.timedelta(seconds=0.2)
+        async with open_on() as pool:
+            task_id = await pool.submit(stamp, token, 1, run_at=run_at)
+            assert pool.info(task_id).not_before == pytest.approx(run_at.timestamp(), abs=1e-5)
+            with anyio.fail_after(10):
+                assert await pool.wait(task_id) >= run_at.timestamp() - 1e-5
+            past = await pool.submit(stamp, token, 2, run_at=run_at - datetime.timedelta(days=1))
+            with anyio.fail_after(10):
+                await pool.wait(past)
+
+    async def test_tasks_due_together_run_by_priority_then_in_submission_order(
+        self, open_on: OpenOn, token: str
+    ) -> None:
+        run_at = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=0.3)
+        async with open_on(max_concurrent=1) as pool:
+            ids = await pool.submit_many(
+                Job(stamp, token, n, priority=p, run_at=run_at)
+                for n, p in ((10, 1), (30, 3), (20, 2), (31, 3))
+            )
+            with anyio.fail_after(10):
+                for task_id in ids:
+                    await pool.wait(task_id)
+        assert _state[token + "order"] == [30, 31, 20, 10]
+
+    async def test_the_due_time_is_kept_across_a_reopen(self, open_on: OpenOn, token: str) -> None:
+        found: list[float | None] = []
+        with pytest.raises(RuntimeError, match="leaving"):
+            async with open_on() as pool:
+                task_id = await pool.submit(stamp, token, 1, delay=0.5)
+                found.append(pool.info(task_id).not_before)
+                raise RuntimeError("leaving")
+        assert token + "order" not in _state
+        (due,) = found
+        assert due is not None
+        async with open_on() as pool:
+            assert pool.info(task_id).not_before == pytest.approx(due, abs=1e-5)
+            with anyio.fail_after(10):
+                assert await pool.wait(task_id) >= due - 1e-5
+
+    async def test_a_delayed_task_is_cancelled_before_it_is_due(
+        self, open_on: OpenOn, token: str
+    ) -> None:
+        with anyio.fail_after(10):
+            async with open_on() as pool:
+                task_id = await pool.submit(stamp, token, 1, delay=3600)
+                assert await pool.cancel(task_id)
+                with pytest.raises(harnpool.TaskCancelled):
+                    await pool.wait(task_id)
+            # Leaving the block did not wait for the hour.
+            async with open_on() as pool:
+                assert pool.info(task_id).status is harnpool.Status.CANCELLED
+        assert token + "order" not in _state
