@@ -6,8 +6,9 @@
 - ``aging=`` seconds: every that many seconds a task waits counts as one more
   priority point, so a low-priority task cannot wait forever.
 - ``keep_finished=`` (and ``keep_finished_for=`` seconds): opening the pool drops
-  older finished tasks (``pool.recovery.dropped_finished``); their keys stop
-  deduplicating.
+  older finished tasks (``pool.recovery.dropped_finished``), and so does an open
+  pool each time a task finishes (``pool.statistics().dropped_finished``); their
+  keys stop deduplicating.
 
 Run it with ``python examples/06_strategies_and_retention.py [DIRECTORY]``.
 """

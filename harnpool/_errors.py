@@ -348,13 +348,25 @@ class CronUnavailableError(HarnpoolError, ImportError):
 
 
 class UnknownTaskError(HarnpoolError, KeyError):
-    """No task with that id exists in the pool."""
+    """No task with that id exists in the pool.
 
-    def __init__(self, task_id: str) -> None:
+    Attributes:
+        task_id: The id asked for.
+        dropped: True if the pool gave that id to a task once and retention
+            (``keep_finished``, ``keep_finished_for``) has since dropped it.
+    """
+
+    def __init__(self, task_id: str, *, dropped: bool = False) -> None:
         super().__init__(task_id)
         self.task_id = task_id
+        self.dropped = dropped
 
     def __str__(self) -> str:
+        if self.dropped:
+            return (
+                f"no task with id {self.task_id!r} in this pool: it finished, and "
+                "keep_finished or keep_finished_for dropped it"
+            )
         return f"no task with id {self.task_id!r} in this pool"
 
 

@@ -86,6 +86,9 @@ class PoolStatistics(msgspec.Struct, frozen=True, kw_only=True):
             needs them, up to ``max_concurrent``, and then stay.
         threads: Threads running a plain (sync) function, including those a
             timeout or cancel abandoned; at most ``max_concurrent``.
+        dropped_finished: Finished tasks ``keep_finished`` or
+            ``keep_finished_for`` dropped since open (no longer counted above).
+        compactions: Times the journal compacted itself since open.
     """
 
     strategy: str
@@ -101,6 +104,8 @@ class PoolStatistics(msgspec.Struct, frozen=True, kw_only=True):
     flushes: int
     workers: int = 0
     threads: int = 0
+    dropped_finished: int = 0
+    compactions: int = 0
 
 
 class RecoveryReport(msgspec.Struct, frozen=True, kw_only=True):

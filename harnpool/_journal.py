@@ -6,6 +6,9 @@ written with one ``write`` per chunk and one ``fdatasync`` of the journal, and
 before that. A journal that was just created or compacted is durable once its
 temporary file was fsynced, renamed over the journal, and the directory fsynced;
 one that opening found already compact, once it and its directory were fsynced.
+An open journal that compacts itself (see :class:`Journal`) renames its new
+file over the old one and fsyncs the directory before it writes any record to
+it, so what was durable in the old file is durable in the new one.
 
 One journal has one owner, whatever the path it is opened by: the path is
 resolved first (symbolic links followed), the file it names is the one locked,
@@ -49,6 +52,7 @@ from ._errors import (
     JournalWriteError,
     PoolClosedError,
 )
+from ._events import emit
 from ._loop import ANYIO, Primitives, Signal, primitives
 from ._loop import threadsafe_caller as _threadsafe_caller
 from ._records import FINISHED, FORMAT_VERSION, Header, Record, Status, TaskRecord
@@ -504,6 +508,31 @@ def _compacted_lines(header: Header, tasks: list[TaskRecord], loaded: Loaded | N
 _LINES_PER_WRITE = 4096
 
 
+def _create_temporary(temporary: str, journal: os.stat_result | None, flags: int = 0) -> int:
+    """Make ``temporary`` afresh for writing, with the journal's owner and mode; return its fd."""
+    # A crash's leftover goes first: O_EXCL then makes a file of this
+    # process's own, never one (or a link) someone left in its place.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temporary)
+    flags |= os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    fd = os.open(temporary, flags, 0o666 if journal is None else 0o600)
+    try:
+        if journal is not None:
+            _keep_owner_and_mode(fd, journal)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _write_lines(fd: int, lines: list[bytes]) -> None:
+    """Write ``lines``, each followed by a newline, a few thousand to a write."""
+    for start in range(0, len(lines), _LINES_PER_WRITE):
+        piece = lines[start : start + _LINES_PER_WRITE]
+        piece.append(b"")  # the last line's newline
+        _write_all(fd, b"\n".join(piece))
+
+
 def compact(
     path: str,
     header: Header,
@@ -536,18 +565,8 @@ def compact(
     fd = -1
     try:
         with _step(path, real, "writing the compacted file", temporary):
-            # A crash's leftover goes first: O_EXCL then makes a file of this
-            # process's own, never one (or a link) someone left in its place.
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-            fd = os.open(temporary, flags, 0o666 if journal is None else 0o600)
-            if journal is not None:
-                _keep_owner_and_mode(fd, journal)
-            for start in range(0, len(lines), _LINES_PER_WRITE):
-                piece = lines[start : start + _LINES_PER_WRITE]
-                piece.append(b"")  # the last line's newline
-                _write_all(fd, b"\n".join(piece))
+            fd = _create_temporary(temporary, journal)
+            _write_lines(fd, lines)
             del lines
         with _step(path, real, "syncing the compacted file", temporary):
             os.fsync(fd)
@@ -756,6 +775,8 @@ class Opened:
     interrupted: list[str] = field(default_factory=list)
     #: How many finished tasks retention dropped.
     dropped: int = 0
+    #: The file's size in bytes once opened.
+    size: int = 0
 
 
 def open_journal(
@@ -823,6 +844,11 @@ def open_journal(
         del loaded  # its lines and index: the pool keeps only the records
         with _step(path, real, "opening for appending", real):
             fd = os.open(real, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            try:
+                size = os.fstat(fd).st_size
+            except BaseException:
+                os.close(fd)
+                raise
     except BaseException:
         _unlock(lock_fd)
         raise
@@ -837,7 +863,116 @@ def open_journal(
         real_path=real,
         interrupted=interrupted,
         dropped=dropped,
+        size=size,
     )
+
+
+# -- online compaction -----------------------------------------------------------------
+
+#: An open journal compacts itself once it holds more than this many lines after
+#: its header and more of them are dead (superseded, or of tasks retention
+#: dropped) than live: a small pool never compacts while open.
+COMPACT_MIN_LINES = 10_000
+#: ... and once its dead lines outnumber its live ones this many times over. A
+#: task queued, run and finished costs two lines or three (a flush holds each
+#: task's latest record only), so a pool that keeps every task may never get
+#: there, rightly: its file is at most three times what compaction would leave.
+COMPACT_DEAD_PER_LIVE = 1.0
+#: What the writer appends while a compaction writes its file is copied over by
+#: the compaction's thread until at most this many bytes are left; the writer
+#: copies the rest itself, between two flushes, just before it switches files.
+_CATCH_UP_LEFT = 1 << 20
+#: The most a catch-up reads from the old file at a time.
+_COPY_CHUNK = 1 << 20
+
+
+class _Compaction:
+    """One online compaction: the live records at a point of the journal, on their way to
+    ``<real path>.compact``, and how much of what was appended since that file holds."""
+
+    __slots__ = (
+        "abandoned",
+        "copied",
+        "error",
+        "fd",
+        "header",
+        "lines",
+        "lock",
+        "ready",
+        "real",
+        "records",
+        "size",
+        "source",
+        "start",
+        "temporary",
+        "thread",
+    )
+
+    def __init__(self, real: str, header: Header, records: list[TaskRecord], start: int) -> None:
+        self.real = real
+        self.temporary = real + ".compact"
+        self.header = header
+        #: Each live task's last record when the compaction began; let go once written.
+        self.records = records
+        #: The journal's size when the records were taken: the catch-up copies from here.
+        self.start = start
+        #: How much of the journal the new file holds: it ends where a flush ended.
+        self.copied = start
+        self.fd = -1  # the new file, opened for appending
+        self.source = -1  # the journal, read for the catch-up
+        #: The new file's lines after its header, and its size in bytes.
+        self.lines = 0
+        self.size = 0
+        self.error: OSError | None = None
+        self.lock = threading.Lock()
+        #: Set by the compaction's thread once it is done, whatever the outcome.
+        self.ready = False
+        #: Set when the pool closes first: whoever comes last removes the file.
+        self.abandoned = False
+        self.thread: threading.Thread | None = None
+
+    def catch_up(self, end: int) -> None:
+        """Copy the journal's bytes from where the new file ends up to ``end`` (blocking)."""
+        while self.copied < end:
+            data = os.pread(self.source, min(_COPY_CHUNK, end - self.copied), self.copied)
+            if not data:
+                raise OSError(errno.EIO, "the journal is shorter than what was written to it")
+            _write_all(self.fd, data)
+            self.copied += len(data)
+            self.size += len(data)
+            self.lines += data.count(b"\n")
+
+    def discard(self) -> None:
+        """Close both files and remove the new one (blocking)."""
+        for fd in (self.fd, self.source):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.fd = self.source = -1
+        with contextlib.suppress(OSError):
+            os.unlink(self.temporary)
+
+    def abandon(self) -> None:
+        """Give the compaction up; its file is removed once its thread is done with it."""
+        with self.lock:
+            self.abandoned = True
+            ready = self.ready
+        if ready:
+            self.discard()
+
+
+class _Switch:
+    """A request to the writer thread: finish a compaction and write to its file from now on."""
+
+    __slots__ = ("compaction", "done", "error", "fatal")
+
+    def __init__(self, compaction: _Compaction) -> None:
+        self.compaction = compaction
+        self.done = anyio.Event()
+        #: It failed before the rename: the journal is as it was, and carries on.
+        self.error: OSError | None = None
+        #: It failed after the rename: the journal must stop.
+        self.fatal: OSError | None = None
 
 
 class Batch:
@@ -927,11 +1062,21 @@ class Journal:
     waiters. Batches are written strictly in order, one at a time, so a
     durable batch implies every earlier one is. With ``gather``, the writer
     yields to the event loop once before it takes the pending batch.
+
+    Once dead lines outnumber live ones (see :data:`COMPACT_MIN_LINES`), the
+    journal compacts itself while open: a thread of its own writes each live
+    task's last record to ``<real path>.compact`` and copies what the writer
+    appends meanwhile; then the writer, between two flushes, copies the last
+    few appended bytes, fsyncs the new file, renames it over the journal,
+    fsyncs the directory, and appends to the new file from then on. A crash at
+    any point leaves the old journal or the new one, each complete.
     """
 
     def __init__(self, opened: Opened, *, gather: bool = False) -> None:
         self.path = opened.path
         self._gather = gather
+        self._real = opened.real_path or os.path.realpath(opened.path)
+        self._header = opened.header
         self._fd = opened.fd
         self._lock_fd = opened.lock_fd
         self._encode = msgspec.json.Encoder().encode
@@ -948,6 +1093,21 @@ class Journal:
         self._stopping = False
         #: Set once the writer has ended: nothing appended from then on is written.
         self._stopped = False
+        #: Each task's last record appended, but for tasks the pool dropped:
+        #: what a compaction writes.
+        self._live: dict[str, TaskRecord] = {r.id: r for r in opened.tasks}
+        #: The highest ``seq`` appended, for the header of a compaction.
+        self._counter = opened.header.submit_counter
+        # Only the writer thread changes these two, and only while the event
+        # loop waits for it: the file's size and its lines after the header.
+        self._size = opened.size
+        self._lines = len(opened.tasks)
+        self._compaction: _Compaction | None = None
+        #: Compact only once the file has grown past this many lines (after a failure).
+        self._compact_after = 0
+        self._call_soon: Callable[[Callable[[], object]], object] | None = None
+        #: How many online compactions have completed.
+        self.compactions = 0
 
     def append(self, record: TaskRecord) -> Batch:
         """Queue ``record`` for the next flush and return the batch to await.
@@ -963,12 +1123,21 @@ class Journal:
         if self.error is None and not self._stopped:
             # Encoded before the batch changes: a record that fails leaves it as it was.
             batch.lines[record.id] = self._encode(record)
+            self._live[record.id] = record
+            if record.seq > self._counter:
+                self._counter = record.seq
             self._wakeup.set()
         return batch
+
+    def forget(self, task_id: str) -> None:
+        """Leave the task out of the next compaction: the pool dropped it (retention)."""
+        self._live.pop(task_id, None)
 
     def _write(self, data: bytes) -> None:
         _write_all(self._fd, data)
         _sync_data(self._fd)
+        self._size += len(data)
+        self._lines += data.count(b"\n")
 
     async def run(self) -> None:
         """Flush batches until :meth:`stop` is called or a write fails.
@@ -982,10 +1151,11 @@ class Journal:
         much cheaper per flush than a fresh worker-thread call each time.
         """
         with anyio.CancelScope(shield=True):
-            requests: queue.SimpleQueue[_Flush | None] = queue.SimpleQueue()
+            requests: queue.SimpleQueue[_Flush | _Switch | None] = queue.SimpleQueue()
+            self._call_soon = _threadsafe_caller()
             thread = threading.Thread(
                 target=self._writer_thread,
-                args=(requests, _threadsafe_caller()),
+                args=(requests, self._call_soon),
                 name=f"harnpool-journal {self.path}",
                 daemon=True,
             )
@@ -1007,6 +1177,8 @@ class Journal:
                         return
                     if self._stopping:
                         return
+                    if not await self._compact(requests):
+                        return
             finally:
                 requests.put(None)
                 self._stopped = True
@@ -1021,7 +1193,138 @@ class Journal:
                         )
                     )
 
-    async def _write_pending(self, requests: queue.SimpleQueue[_Flush | None]) -> bool:
+    async def _compact(self, requests: queue.SimpleQueue[_Flush | _Switch | None]) -> bool:
+        """Between two flushes: start a compaction that is due, or finish one whose file
+        is written; False if finishing it failed the journal."""
+        compaction = self._compaction
+        if compaction is None:
+            lines, live = self._lines, len(self._live)
+            dead = lines - live
+            if (
+                lines > COMPACT_MIN_LINES
+                and lines > self._compact_after
+                and (dead > COMPACT_DEAD_PER_LIVE * live)
+            ):
+                self._start_compaction()
+            return True
+        if not compaction.ready:
+            return True
+        self._compaction = None
+        lines = self._lines
+        if compaction.error is None:
+            switch = _Switch(compaction)
+            requests.put(switch)
+            await switch.done.wait()
+            if switch.fatal is not None:
+                self._fail(self._pending, switch.fatal)
+                return False
+            if switch.error is None:
+                self.compactions += 1
+                self._compact_after = 0
+                emit("info", "journal.compacted", pool=self.path, lines=lines, kept=self._lines)
+                return True
+            compaction.error = switch.error
+        # The journal is as it was: try again once it has doubled.
+        self._compact_after = 2 * lines
+        emit(
+            "warning",
+            "journal.compaction_failed",
+            pool=self.path,
+            error=str(compaction.error),
+            retry_after_lines=self._compact_after,
+        )
+        return True
+
+    def _start_compaction(self) -> None:
+        """Take the live records and the file's size, now that no flush is under way, and
+        write them to a new file on a thread of the compaction's own."""
+        header = msgspec.structs.replace(self._header, submit_counter=self._counter)
+        compaction = _Compaction(self._real, header, list(self._live.values()), self._size)
+        assert self._call_soon is not None
+        compaction.thread = threading.Thread(
+            target=self._compaction_thread,
+            args=(compaction, self._call_soon),
+            name=f"harnpool-compaction {self.path}",
+            daemon=True,
+        )
+        self._compaction = compaction
+        compaction.thread.start()
+
+    def _compaction_thread(
+        self, compaction: _Compaction, call_soon: Callable[[Callable[[], object]], object]
+    ) -> None:
+        try:
+            compaction.source = os.open(compaction.real, os.O_RDONLY | os.O_CLOEXEC)
+            compaction.fd = _create_temporary(
+                compaction.temporary, os.fstat(compaction.source), os.O_APPEND
+            )
+            encode = msgspec.json.Encoder().encode
+            records, compaction.records = compaction.records, []
+            first = encode(compaction.header) + b"\n"
+            _write_all(compaction.fd, first)
+            compaction.size = len(first)
+            for start in range(0, len(records), _LINES_PER_WRITE):
+                if compaction.abandoned:
+                    break
+                piece = list(map(encode, records[start : start + _LINES_PER_WRITE]))
+                piece.append(b"")  # the last line's newline
+                data = b"\n".join(piece)
+                _write_all(compaction.fd, data)
+                compaction.size += len(data)
+            compaction.lines = len(records)
+            del records
+            # What the writer appended meanwhile, all but the last of it, so the
+            # writer's own part of the catch-up holds up no flush for long.
+            while not compaction.abandoned and self._size - compaction.copied > _CATCH_UP_LEFT:
+                compaction.catch_up(self._size)
+            _sync_data(compaction.fd)
+        except OSError as exc:
+            compaction.error = exc
+        except BaseException as exc:  # pragma: no cover - a bug: give this compaction up
+            compaction.error = OSError(errno.EIO, f"the compaction failed: {exc!r}")
+        if compaction.error is not None:
+            compaction.discard()
+        with compaction.lock:
+            compaction.ready = True
+            abandoned = compaction.abandoned
+        if abandoned:
+            compaction.discard()
+            return
+        with contextlib.suppress(RuntimeError):  # the event loop is gone: close() discards it
+            call_soon(self._wakeup_writer)
+
+    def _wakeup_writer(self) -> None:
+        self._wakeup.set()
+
+    def _switch(self, switch: _Switch) -> None:
+        """On the writer thread, between two flushes: copy what is left, make the new file
+        the journal, and write to it from now on."""
+        compaction = switch.compaction
+        try:
+            compaction.catch_up(self._size)
+            os.fsync(compaction.fd)
+            os.replace(compaction.temporary, compaction.real)
+        except OSError as exc:
+            switch.error = exc
+            compaction.discard()
+            return
+        # The journal's path names the new file now: from here on the old
+        # descriptor writes to a file nobody will read.
+        old, self._fd = self._fd, compaction.fd
+        compaction.fd = -1
+        self._size, self._lines = compaction.size, compaction.lines
+        for fd in (old, compaction.source):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        compaction.source = -1
+        try:
+            # Before anything is acknowledged from the new file: a crash must not
+            # bring back the old one without it.
+            _fsync_dir(os.path.dirname(compaction.real))
+        except OSError as exc:
+            switch.fatal = exc
+
+    async def _write_pending(self, requests: queue.SimpleQueue[_Flush | _Switch | None]) -> bool:
         """Write and sync the pending batch; False if that failed."""
         batch = self._pending
         self._pending = Batch(self._prims)
@@ -1039,10 +1342,23 @@ class Journal:
 
     def _writer_thread(
         self,
-        requests: queue.SimpleQueue[_Flush | None],
+        requests: queue.SimpleQueue[_Flush | _Switch | None],
         call_soon: Callable[[Callable[[], object]], object],
     ) -> None:
         while (flush := requests.get()) is not None:
+            if isinstance(flush, _Switch):
+                # Online compaction: the file changes between two flushes, never during one.
+                try:
+                    self._switch(flush)
+                except BaseException as exc:  # pragma: no cover - a bug: stop, rather than hang
+                    flush.fatal = OSError(errno.EIO, f"the journal writer failed: {exc!r}")
+                try:
+                    call_soon(flush.done.set)
+                except RuntimeError:  # pragma: no cover - the event loop is gone: nobody waits
+                    return
+                if flush.fatal is not None:
+                    return  # fail-stop, as after a failed write
+                continue
             try:
                 # Joined here, off the event loop: nothing appends to a batch once handed over.
                 self._write(flush.batch.buf)
@@ -1122,6 +1438,13 @@ class Journal:
 
     def close(self) -> None:
         """Close the file and release the lock (blocking)."""
+        compaction, self._compaction = self._compaction, None
+        if compaction is not None:
+            compaction.abandon()
+            # Its file is removed before the lock is let go: once another
+            # process holds it, ``<real path>.compact`` is that process's.
+            if compaction.thread is not None:
+                compaction.thread.join()
         try:
             os.close(self._fd)
         finally:

@@ -22,7 +22,7 @@ class JournalStorage:
     See :mod:`._journal` for the durability contract: one write and one
     fdatasync per group commit, on the journal's own writer thread. Supports
     every strategy and ``on_full`` policy. Once opened, the hot calls
-    (``append``, ``run``, ``flush``, ``stop``) are the :class:`Journal`'s own
+    (``append``, ``run``, ``flush``, ``stop``, ``forget``) are the :class:`Journal`'s own
     bound methods, so the seam adds no call per record.
 
     Args:
@@ -39,6 +39,7 @@ class JournalStorage:
     run: Callable[[], Coroutine[Any, Any, None]]
     stop: Callable[[], None]
     flush: Callable[[], Coroutine[Any, Any, None]]
+    forget: Callable[[str], None]
 
     def __init__(self, path: str, *, gather: bool = False) -> None:
         self._path = path
@@ -64,6 +65,10 @@ class JournalStorage:
     @property
     def flushes(self) -> int:
         return self._journal.flushes if self._journal is not None else 0
+
+    @property
+    def compactions(self) -> int:
+        return self._journal.compactions if self._journal is not None else 0
 
     @property
     def on_failure(self) -> Callable[[JournalWriteError], None] | None:
@@ -100,6 +105,7 @@ class JournalStorage:
         self.run = journal.run
         self.stop = journal.stop
         self.flush = journal.flush
+        self.forget = journal.forget
         return Found(
             path=opened.path,
             created=opened.created,

@@ -80,6 +80,7 @@ class MemoryStorage:
         self.error: JournalWriteError | None = None
         self.on_failure: Callable[[JournalWriteError], None] | None = None
         self.flushes = 0
+        self.compactions = 0  # nothing to compact: records are replaced in place
 
     @property
     def path(self) -> str:
@@ -143,6 +144,9 @@ class MemoryStorage:
             batch.records.append(record)
             self._wakeup.set()
         return batch
+
+    def forget(self, task_id: str) -> None:
+        self.records.pop(task_id, None)
 
     async def run(self) -> None:
         with anyio.CancelScope(shield=True):

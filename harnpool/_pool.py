@@ -563,6 +563,8 @@ class Pool:
             flushes=self._storage.flushes,
             workers=self._workers.count,
             threads=self._workers.threads.borrowed_tokens,
+            dropped_finished=self._tasks.dropped,
+            compactions=self._storage.compactions,
         )
 
     def _start(self, tg: anyio.abc.TaskGroup) -> None:
@@ -632,7 +634,9 @@ async def open_pool(
     functions; the settings it cannot honour (a ``strategy`` other than
     ``"priority"``, ``max_queued``, ``on_full``, ``aging``) are refused.
 
-    Opening locks the journal, replays it, and compacts it: tasks a crash
+    Opening locks the journal, replays it, and compacts it (and an open
+    journal compacts itself in the background once most of its lines are
+    superseded records or dropped tasks' records): tasks a crash
     interrupted while running are queued again at their original place, queued
     tasks stay queued, and finished tasks keep their results. Unfinished tasks
     of registered functions (:func:`harnpool.task`) resume at once; others run
@@ -671,11 +675,18 @@ async def open_pool(
         retry_backoff_max: The longest delay between attempts.
         timeout: Seconds an attempt may run by default before it is cancelled
             and counts as a failed attempt (a ``TimeoutError``).
-        keep_finished: Keep at most this many finished tasks when the journal
-            is compacted on open (the newest ones); None keeps all. The keys
-            of dropped tasks no longer deduplicate.
-        keep_finished_for: Drop finished tasks older than this many seconds
-            when the journal is compacted on open.
+        keep_finished: Keep at most this many finished tasks, the newest;
+            None keeps all. Applies on open and while the pool is open: each
+            time a task finishes (once its record is durable) the oldest
+            finished tasks beyond the limit are dropped from memory, and from
+            the journal at its next compaction. A dropped task is unknown to
+            ``wait`` and ``info`` (UnknownTaskError, its ``dropped`` True),
+            its key no longer deduplicates, and ids are never reused: as
+            after a reopen. Wait for a task before that many others finish
+            after it, or wait on it before it finishes.
+        keep_finished_for: Drop finished tasks that finished more than this
+            many seconds ago, on open and, while open, each time a task
+            finishes; as ``keep_finished`` otherwise.
         name: PostgreSQL only: the pool's name within the database
             (default ``"default"``).
         workers: PostgreSQL only: how many tasks this process runs at once

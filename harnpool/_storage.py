@@ -113,6 +113,10 @@ class Storage(Protocol):
     def flushes(self) -> int:
         """How many group commits have completed (``PoolStatistics.flushes``)."""
 
+    @property
+    def compactions(self) -> int:
+        """How often the storage compacted itself while open (``PoolStatistics.compactions``)."""
+
     #: Called once, on the event loop, when storing fails.
     on_failure: Callable[[JournalWriteError], None] | None
 
@@ -137,6 +141,13 @@ class Storage(Protocol):
         Raises:
             Exception: ``record`` cannot be stored; nothing was, and the
                 pending batch is as it was.
+        """
+
+    def forget(self, task_id: str) -> None:
+        """Let go of a finished task the pool dropped from memory (``keep_finished``).
+
+        Called once the task's last record is durable. The storage may drop
+        it at once or later; reopening applies retention again either way.
         """
 
     async def run(self) -> None:

@@ -7,6 +7,7 @@ import functools
 import heapq
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +21,7 @@ from ._events import emit
 from ._info import TaskInfo
 from ._loop import primitives
 from ._queue import ReadyQueue
-from ._records import Status, TaskRecord
+from ._records import FINISHED, Status, TaskRecord
 from ._registry import encode_args, registered_name
 from ._results import error_message, storable
 from ._retry import backoff, retryable
@@ -81,9 +82,16 @@ class Tasks:
         self.due: list[tuple[float, int, Task]] = []
         self.stale = 0
         self.timer_wake = anyio.Event()
+        self.retains = settings.keep_finished is not None or settings.keep_finished_for is not None
+        #: Finished tasks in the order they finished (their last record became
+        #: durable), while retention is on: the oldest is dropped first.
+        self.finished: deque[Task] = deque()
+        #: Finished tasks retention dropped from memory since open.
+        self.dropped = 0
 
     def load(self, records: list[TaskRecord]) -> None:
         """Take in the records storage found on open, functions unknown yet."""
+        finished: list[Task] = []
         for record in records:
             task = Task(record, None, ())
             self.tasks[record.id] = task
@@ -92,6 +100,11 @@ class Tasks:
             self.counts[record.status] += 1
             if record.status is Status.QUEUED:
                 self.queued[record.id] = task
+            elif self.retains and record.status in FINISHED:
+                finished.append(task)
+        # The order retention on open kept them by.
+        finished.sort(key=lambda t: (t.record.finished_at or 0.0, t.record.seq))
+        self.finished.extend(finished)
 
     # -- looking up -------------------------------------------------------------------
 
@@ -99,7 +112,15 @@ class Tasks:
         try:
             return self.tasks[task_id]
         except KeyError:
-            raise UnknownTaskError(task_id) from None
+            seq = task_id[1:]
+            given = (
+                task_id[:1] == "t"
+                and seq.isascii()
+                and seq.isdigit()
+                and len(seq) < 20
+                and 0 < int(seq) <= self.counter
+            )
+            raise UnknownTaskError(task_id, dropped=self.retains and given) from None
 
     def check_usable(self) -> None:
         if self.storage.error is not None:
@@ -268,6 +289,9 @@ class Tasks:
                 batch.on_durable.append(functools.partial(ready, task))
             emit("info", "task.submitted", pool=self.path, task_id=record.id, key=record.key)
         else:
+            if self.retains:
+                # Finished at birth: retention counts it as any other finished task.
+                batch.on_durable.append(functools.partial(self.retire, task))
             emit(
                 "warning",
                 "task.rejected",
@@ -364,6 +388,43 @@ class Tasks:
         if self.watchers:
             for watch in self.watchers.pop(record.id, ()):
                 watch(task)
+        if self.retains:
+            # Dropped only once durable: until then a crash would bring the
+            # task back unfinished, beside a new one submitted with its key.
+            task.batch.on_durable.append(functools.partial(self.retire, task))
+
+    def retire(self, task: Task) -> None:
+        """Count a task finished for retention, and drop the finished tasks it pushes out.
+
+        Amortised O(1): every finished task enters ``finished`` once and leaves
+        it once. The oldest are dropped first while more than ``keep_finished``
+        are kept, and while the oldest finished more than ``keep_finished_for``
+        seconds ago; dropped tasks are forgotten as a reopen with the same
+        settings would: unknown by id, their keys free for a new task.
+        """
+        finished = self.finished
+        finished.append(task)
+        keep = self.settings.keep_finished
+        if keep is not None:
+            while len(finished) > keep:
+                self.drop(finished.popleft())
+        keep_for = self.settings.keep_finished_for
+        if keep_for is not None:
+            cutoff = time.time() - keep_for
+            while finished and (finished[0].record.finished_at or 0.0) < cutoff:
+                self.drop(finished.popleft())
+
+    def drop(self, task: Task) -> None:
+        """Forget a finished task, in memory and in storage."""
+        record = task.record
+        if self.tasks.get(record.id) is not task or record.status not in FINISHED:
+            return  # pragma: no cover - a finished task never changes again
+        del self.tasks[record.id]
+        if record.key is not None and self.by_key.get(record.key) == record.id:
+            del self.by_key[record.key]
+        self.counts[record.status] -= 1
+        self.dropped += 1
+        self.storage.forget(record.id)
 
     def end(self, task: Task, status: Status, *, reason: str) -> None:
         """Record a task cancelled or rejected without a (further) run."""
