@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import msgspec
@@ -76,8 +77,9 @@ async def reopen(directory: str) -> tuple[list[Label], bool]:
         labels = [await pool.wait(task_id) for task_id in report.resumed]
         for label in labels:
             print(f"  parcel {label.parcel}: {label.text}  (pid {label.pid})")
+        unstorable: Any = object()  # as untyped code might pass it
         try:  # arguments that cannot be stored are refused before anything is written
-            await pool.submit(print_label, directory, object(), 1)
+            await pool.submit(print_label, directory, unstorable, 1)
         except harnpool.ArgumentsNotEncodableError as exc:
             print(f"refused at submit, nothing written: {exc}")
             return labels, len(pool.tasks()) == report.tasks

@@ -8,19 +8,21 @@ import os
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, Literal, TypeVar, TypeVarTuple, cast, overload
 
 import anyio.from_thread
 
 from ._errors import PoolClosedError
 from ._info import PoolStatistics, RecoveryReport, TaskInfo
-from ._pool import Job, OnFull, Pool, open_pool
+from ._pool import Job, OnFull, Pool, TaskId, open_pool
 from ._queue import Strategy
 from ._threads import check_not_loop_thread
 
 __all__ = ["BlockingPool", "open_blocking_pool"]
 
 T = TypeVar("T")
+R = TypeVar("R")
+Ts = TypeVarTuple("Ts")
 
 Backend = Literal["asyncio", "trio"]
 _BACKENDS = ("asyncio", "trio")
@@ -89,25 +91,54 @@ class BlockingPool:
     def _closed_error(self) -> PoolClosedError:
         return PoolClosedError(f"the pool on {self.path!r} is closed")
 
+    # An async function first, so its result type is what it awaits to, not a coroutine.
+    @overload
     def submit(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[[*Ts], Awaitable[R]],
         /,
-        *args: Any,
+        *args: *Ts,
         key: str | None = None,
         priority: int = 0,
         group: str | None = None,
         retries: int | None = None,
         retry_on: Iterable[type[BaseException]] | None = None,
         timeout: float | None = None,
-    ) -> str:
+    ) -> TaskId[R]: ...
+
+    @overload
+    def submit(
+        self,
+        fn: Callable[[*Ts], R],
+        /,
+        *args: *Ts,
+        key: str | None = None,
+        priority: int = 0,
+        group: str | None = None,
+        retries: int | None = None,
+        retry_on: Iterable[type[BaseException]] | None = None,
+        timeout: float | None = None,
+    ) -> TaskId[R]: ...
+
+    def submit(
+        self,
+        fn: Callable[[*Ts], Any],
+        /,
+        *args: *Ts,
+        key: str | None = None,
+        priority: int = 0,
+        group: str | None = None,
+        retries: int | None = None,
+        retry_on: Iterable[type[BaseException]] | None = None,
+        timeout: float | None = None,
+    ) -> TaskId[Any]:
         """Submit ``fn(*args)`` to run, and return the task's id once that is durable.
 
         As :meth:`Pool.submit`: an async ``fn`` runs on the pool's event loop,
         a plain one in a worker thread.
 
         Returns:
-            The task's id.
+            The task's id, typed as :meth:`Pool.submit` types it.
 
         Raises:
             The errors of :meth:`Pool.submit`; WrongThreadError if called on
@@ -124,7 +155,7 @@ class BlockingPool:
             retry_on=retry_on,
             timeout=timeout,
         )
-        return self._call("submit", call)
+        return cast("TaskId[Any]", self._call("submit", call))
 
     def submit_many(self, jobs: Iterable[Job]) -> list[str]:
         """Submit several tasks, with one durable write where nothing blocks, and return their ids.
@@ -138,6 +169,12 @@ class BlockingPool:
         if isinstance(jobs, Iterable) and not isinstance(jobs, Job):
             jobs = list(jobs)  # a generator runs here, not on the event loop
         return self._call("submit_many", functools.partial(self._pool.submit_many, jobs))
+
+    @overload
+    def wait(self, task_id: TaskId[R], *, timeout: float | None = None) -> R: ...
+
+    @overload
+    def wait(self, task_id: str, *, timeout: float | None = None) -> Any: ...
 
     def wait(self, task_id: str, *, timeout: float | None = None) -> Any:
         """Wait for a task to finish and return its result, typed as :meth:`Pool.wait` types it.

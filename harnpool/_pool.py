@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar, TypeVarTuple, cast, overload
 
 import anyio
 import anyio.abc
@@ -35,13 +35,16 @@ from ._settings import (
     is_dsn,
 )
 from ._storage import Durable, Found, Storage
-from ._task import Job, Task, TaskFunction
+from ._task import Job, Task, TaskId
 from ._threads import check_loop_thread
 from ._transitions import Tasks
 from ._waiting import Waits
 from ._worker import Workers, running
 
-__all__ = ["Job", "OnFull", "Pool", "open_pool"]
+__all__ = ["Job", "OnFull", "Pool", "TaskId", "open_pool"]
+
+R = TypeVar("R")
+Ts = TypeVarTuple("Ts")
 
 
 class Pool:
@@ -74,18 +77,47 @@ class Pool:
 
     # -- submitting -------------------------------------------------------------------
 
+    # An async function first, so its result type is what it awaits to, not a coroutine.
+    @overload
     async def submit(
         self,
-        fn: TaskFunction,
+        fn: Callable[[*Ts], Awaitable[R]],
         /,
-        *args: Any,
+        *args: *Ts,
         key: str | None = None,
         priority: int = 0,
         group: str | None = None,
         retries: int | None = None,
         retry_on: Iterable[type[BaseException]] | None = None,
         timeout: float | None = None,
-    ) -> str:
+    ) -> TaskId[R]: ...
+
+    @overload
+    async def submit(
+        self,
+        fn: Callable[[*Ts], R],
+        /,
+        *args: *Ts,
+        key: str | None = None,
+        priority: int = 0,
+        group: str | None = None,
+        retries: int | None = None,
+        retry_on: Iterable[type[BaseException]] | None = None,
+        timeout: float | None = None,
+    ) -> TaskId[R]: ...
+
+    async def submit(
+        self,
+        fn: Callable[[*Ts], Any],
+        /,
+        *args: *Ts,
+        key: str | None = None,
+        priority: int = 0,
+        group: str | None = None,
+        retries: int | None = None,
+        retry_on: Iterable[type[BaseException]] | None = None,
+        timeout: float | None = None,
+    ) -> TaskId[Any]:
         """Submit ``fn(*args)`` to run, and return the task's id once that is durable.
 
         ``fn`` is an async function (awaited on a worker) or a plain function
@@ -123,7 +155,8 @@ class Pool:
                 counts as a failed attempt (default: the pool's).
 
         Returns:
-            The task's id.
+            The task's id: a plain ``str``, typed ``TaskId[R]`` for a function
+            that returns (or, if async, awaits to) an ``R``.
 
         Raises:
             TypeError: ``fn`` is a coroutine object or not callable, or an
@@ -152,7 +185,7 @@ class Pool:
             retry_on=retry_on,
             timeout=timeout,
         )
-        return (await self.submit_many([job]))[0]
+        return cast("TaskId[Any]", (await self.submit_many([job]))[0])
 
     async def submit_many(self, jobs: Iterable[Job]) -> list[str]:
         """Submit several tasks, with one durable write where nothing blocks, and
@@ -212,6 +245,12 @@ class Pool:
 
     # -- waiting and cancelling -------------------------------------------------------
 
+    @overload
+    async def wait(self, task_id: TaskId[R], *, timeout: float | None = None) -> R: ...
+
+    @overload
+    async def wait(self, task_id: str, *, timeout: float | None = None) -> Any: ...
+
     async def wait(self, task_id: str, *, timeout: float | None = None) -> Any:
         """Wait for a task to finish and return its result.
 
@@ -224,7 +263,9 @@ class Pool:
             timeout: Give up after this many seconds; the task is not affected.
 
         Returns:
-            The task's result, once its ``completed`` record is durable.
+            The task's result, once its ``completed`` record is durable. To a
+            type checker it is an ``R`` for a ``TaskId[R]`` (what
+            :meth:`submit` returned), ``Any`` for a plain ``str``.
 
         Raises:
             TypeError: ``task_id`` is not a str, or ``timeout`` is not a number

@@ -40,7 +40,7 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import anyio
 import anyio.abc
@@ -65,7 +65,7 @@ from ._settings import (
     check_task_id,
     check_wait_timeout,
 )
-from ._task import Job, Task, TaskFunction, function_name
+from ._task import Job, Task, TaskFunction, TaskId, function_name
 from ._threads import check_loop_thread
 from ._transitions import Tasks
 from ._worker import Workers
@@ -73,6 +73,7 @@ from ._worker import Workers
 __all__ = ["SharedPool", "serve_shared", "stored_name"]
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 #: Seconds between polls of the database when no notification came.
 POLL = 1.0
@@ -380,6 +381,12 @@ class SharedPool(Pool):
         waiter = self._waiters.pop(task_id, None)
         if waiter is not None:
             waiter.event.set()
+
+    @overload
+    async def wait(self, task_id: TaskId[R], *, timeout: float | None = None) -> R: ...
+
+    @overload
+    async def wait(self, task_id: str, *, timeout: float | None = None) -> Any: ...
 
     async def wait(self, task_id: str, *, timeout: float | None = None) -> Any:
         """Wait for any task of the pool to finish, wherever it runs; see :meth:`Pool.wait`.
