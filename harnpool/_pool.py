@@ -125,6 +125,9 @@ class Pool:
         coroutine object, since only a function can run again after a crash.
         A function registered with :func:`harnpool.task` is journaled by name
         with its arguments, and resumes on its own when the pool is reopened.
+        Keyword arguments go through :func:`functools.partial`:
+        ``submit(functools.partial(fn, size=2), x)``; a partial of a registered
+        function stays registered, its arguments and keywords journaled.
 
         Whatever ``fn`` raises fails only its own attempt: any Exception, a
         BaseException subclass of its own, even a cancellation exception that
@@ -168,8 +171,9 @@ class Pool:
                 does not encode as UTF-8 (a lone surrogate), a ``priority`` or
                 ``retries`` beyond 64 bits, ``retries`` below 0, a ``timeout``
                 not finite or not above 0. Nothing was written.
-            ArgumentsNotEncodableError: ``fn`` is registered and ``args`` cannot
-                be stored; nothing was written.
+            ArgumentsNotEncodableError: ``fn`` is registered (or a partial of a
+                registered function) and ``args`` or the partial's arguments
+                cannot be stored; nothing was written.
             QueueFull: The queue is full and ``on_full`` is ``"reject"``.
             PoolClosedError: The pool is closed.
             JournalWriteError: The journal failed; the pool has stopped.
@@ -558,8 +562,8 @@ async def open_pool(
             ``lease`` given with a journal path; with a database, a setting
             a shared pool does not support.
         TypeError: With a database, a function another process cannot find
-            (a lambda, a closure, a bound method, a partial) is refused at
-            submit.
+            (a lambda, a closure, a bound method, or a partial of one) is
+            refused at submit.
         DatabaseError: The database cannot be reached or failed.
         SchemaVersionError: A newer harnpool created the database's schema.
 

@@ -54,7 +54,7 @@ from ._loop import threadsafe_caller
 from ._pg import RECONNECTED, Listener, PostgresStore
 from ._pool import Pool
 from ._records import FINISHED, Status, TaskRecord
-from ._registry import decode_args, encode_args, registered_name, resolve
+from ._registry import decode_call, encode_args, registered_name, resolve, unwrap
 from ._results import decode_outcome, error_message, storable
 from ._retry import backoff, retryable
 from ._settings import (
@@ -93,8 +93,6 @@ def _stored_name(fn: object) -> str:
     name = registered_name(fn)
     if name is not None:
         return name
-    if isinstance(fn, functools.partial):
-        raise _refuse(fn, "a functools.partial has no name to find it by")
     if inspect.ismethod(fn):
         raise _refuse(fn, "a bound method's object exists only in this process")
     if not (inspect.isfunction(fn) or inspect.isbuiltin(fn)):
@@ -308,7 +306,9 @@ class SharedPool(Pool):
     def _prepare(self, job: Job) -> TaskRecord:
         """Check a job and build its record; refuse a function no other process can find."""
         fn = job.fn
-        name = stored_name(fn)
+        # A partial is stored as the function it wraps, with the arguments it binds.
+        call = unwrap(fn, job.args)
+        name = stored_name(call.fn)
         settings = self._settings
         retry_on = job.retry_on
         return TaskRecord(
@@ -320,7 +320,7 @@ class SharedPool(Pool):
             key=job.key,
             function=function_name(fn),
             name=name,
-            args=encode_args(fn, job.args, name),
+            args=encode_args(call.fn, call.args, name, call.kwargs),
             group=job.group,
             retries=settings.retries if job.retries is None else job.retries,
             retry_on=self._retry_on if retry_on is None else _retry_names(retry_on),
@@ -333,7 +333,9 @@ class SharedPool(Pool):
         Raises:
             TypeError: What :meth:`Pool.submit_many` raises, and also for a
                 function another process cannot find by name (a lambda, a
-                closure, a bound method, a partial): nothing was submitted.
+                closure, a bound method, or a partial of one): nothing was
+                submitted. A partial of a function it can find is stored as
+                that function, with the arguments and keywords it binds.
             DatabaseError: The database failed; nothing was submitted.
         """
         check_loop_thread(self._loop_thread, pool=self.path, method="Pool.submit_many")
@@ -567,11 +569,9 @@ class SharedPool(Pool):
                         f"function {record.name!r} of task {record.id} cannot be found "
                         "in this process"
                     )
-                args = (
-                    ()
-                    if isinstance(record.args, msgspec.UnsetType)
-                    else decode_args(fn, record.args)
-                )
+                args: tuple[Any, ...] = ()
+                if not isinstance(record.args, msgspec.UnsetType):
+                    fn, args = decode_call(fn, record.args)  # a partial if keywords were stored
             except Exception as exc:
                 self._outcomes.failed_attempt(task, exc, 0.0)
             else:
