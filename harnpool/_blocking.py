@@ -227,7 +227,7 @@ def open_blocking_pool(
     path: str | os.PathLike[str],
     *,
     backend: Backend = "asyncio",
-    max_concurrent: int = 1,
+    max_concurrent: int = 100,
     max_queued: int | None = None,
     on_full: OnFull = "block",
     strategy: Strategy = "priority",

@@ -445,7 +445,7 @@ class Pool:
 async def open_pool(
     path: str | os.PathLike[str],
     *,
-    max_concurrent: int = 1,
+    max_concurrent: int = 100,
     max_queued: int | None = None,
     on_full: OnFull = "block",
     strategy: Strategy = "priority",
@@ -488,7 +488,13 @@ async def open_pool(
         path: The journal file. Its directory must exist. It is resolved
             first (symbolic links followed): ``<real path>.lock`` and,
             briefly, ``<real path>.compact`` are made beside the file it names.
-        max_concurrent: How many tasks may run at once; that many workers run.
+        max_concurrent: How many tasks may run at once (default 100, like
+            aiojobs' ``limit``); workers start as queued tasks need them, up
+            to this many. Plain (sync) functions run in worker threads, at
+            most ``min(max_concurrent, T)`` at once, where ``T`` is the
+            ``total_tokens`` of anyio's default thread limiter when the pool
+            opens (40 unless changed); the others wait for a thread. With a
+            database the limit holds across every process of the pool.
         max_queued: How many tasks may be queued at once; None for no bound.
         on_full: What a submit does when ``max_queued`` tasks are queued:
             ``"block"`` waits for room, ``"reject"`` raises QueueFull and writes

@@ -66,7 +66,7 @@ from ._settings import (
     check_wait_timeout,
 )
 from ._task import Job, Task, TaskFunction, TaskId, function_name
-from ._threads import check_loop_thread
+from ._threads import check_loop_thread, thread_slots
 from ._transitions import Tasks
 from ._worker import Workers
 
@@ -178,8 +178,8 @@ class _Runner(Workers):
         self.settings = outcomes.settings
         self.path = outcomes.path
         self.scope = anyio.CancelScope()
-        self.threads = anyio.CapacityLimiter(max(1, workers))
-        self._thread_limiter = anyio.CapacityLimiter(max(1, workers))
+        self.threads = anyio.CapacityLimiter(thread_slots(workers))
+        self._thread_limiter = anyio.CapacityLimiter(thread_slots(workers))
         self._call_soon = None
         self._encoder = msgspec.json.Encoder()
         self.count = workers
