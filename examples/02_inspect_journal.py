@@ -54,7 +54,8 @@ async def write_journal(path: str) -> None:
         await anyio.sleep_forever()
 
     try:
-        async with harnpool.open_pool(path) as pool:
+        # One at a time: invoice-4 waits behind the report, queued when the pool stops.
+        async with harnpool.open_pool(path, max_concurrent=1) as pool:
             await pool.submit(long_report, key="report-may", priority=5)
             await pool.submit(send_invoice, 4, key="invoice-4")
             await started.wait()

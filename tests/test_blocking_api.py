@@ -137,7 +137,7 @@ class TestThreads:
             pool.wait(child, timeout=DEADLINE)  # the only slot is parent's
             return 0
 
-        with harnpool.open_blocking_pool(journal_path, backend=backend) as pool:
+        with harnpool.open_blocking_pool(journal_path, backend=backend, max_concurrent=1) as pool:
             task_id = pool.submit(parent, pool)
             with pytest.raises(harnpool.TaskFailed) as failed:
                 pool.wait(task_id, timeout=DEADLINE)
@@ -197,7 +197,7 @@ class TestErrors:
     ) -> None:
         started, gate, cancelled = threading.Event(), threading.Event(), threading.Event()
         with harnpool.open_blocking_pool(
-            journal_path, backend=backend, max_queued=1, on_full="reject"
+            journal_path, backend=backend, max_concurrent=1, max_queued=1, on_full="reject"
         ) as pool:
             running = pool.submit(blocked, started, gate)
             assert started.wait(DEADLINE)
