@@ -54,6 +54,8 @@ def task(fn: F | None = None, /, *, name: str | None = None) -> F | Callable[[F]
     and its positional arguments (encoded with msgspec), so after a restart
     the pool needs no resubmission: it looks the name up, decodes the
     arguments by the function's annotations, and runs the task in its place.
+    A :func:`functools.partial` of a registered function is journaled as that
+    function, with the arguments and keywords the partial binds.
     The function itself is returned unchanged.
 
     Use it bare (``@harnpool.task``; the name is ``"module:qualname"``, and
