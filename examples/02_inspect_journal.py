@@ -39,7 +39,9 @@ class Interrupted(Exception):
 
 async def write_journal(path: str) -> None:
     async with harnpool.open_pool(path, max_concurrent=2) as pool:
-        ids = [await pool.submit(send_invoice, n, key=f"invoice-{n}") for n in range(1, 4)]
+        ids: list[str] = [
+            await pool.submit(send_invoice, n, key=f"invoice-{n}") for n in range(1, 4)
+        ]
         ids.append(await pool.submit(charge_card, "ACME", key="charge-acme", priority=1))
         for task_id in ids:
             with contextlib.suppress(harnpool.TaskFailed):  # the declined card
@@ -52,7 +54,8 @@ async def write_journal(path: str) -> None:
         await anyio.sleep_forever()
 
     try:
-        async with harnpool.open_pool(path) as pool:
+        # One at a time: invoice-4 waits behind the report, queued when the pool stops.
+        async with harnpool.open_pool(path, max_concurrent=1) as pool:
             await pool.submit(long_report, key="report-may", priority=5)
             await pool.submit(send_invoice, 4, key="invoice-4")
             await started.wait()

@@ -1,7 +1,8 @@
 """Registered tasks resume on their own: no resubmission after a crash.
 
 ``@harnpool.task(name=...)`` stores a task by its function's name with its
-arguments (msgspec-encoded, here a typed ``Parcel`` struct). A child process
+arguments (msgspec-encoded, here a typed ``Parcel`` struct); keyword arguments
+go through ``functools.partial``, and are stored with them. A child process
 submits parcels and is killed with SIGKILL mid-way; the journal is then reopened
 *without submitting anything*, and the unfinished parcels run by themselves.
 
@@ -10,6 +11,7 @@ Run it with ``python examples/03_registered_tasks.py [DIRECTORY]``.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -17,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import msgspec
@@ -43,7 +46,7 @@ def note(directory: str, line: str) -> None:
 
 
 @harnpool.task(name="shipping.print_label")  # a stable name: it survives renaming the function
-def print_label(directory: str, parcel: Parcel, copies: int) -> Label:
+def print_label(directory: str, parcel: Parcel, *, copies: int = 1) -> Label:
     """A plain function (run in a worker thread). ``parcel`` is decoded as a Parcel."""
     note(directory, f"start {parcel.number}")
     time.sleep(0.15)
@@ -56,9 +59,15 @@ async def child(directory: str) -> None:
     async with harnpool.open_pool(Path(directory, "labels.jsonl"), max_concurrent=2) as pool:
         for n in range(PARCELS):
             parcel = Parcel(number=n, destination=f"depot {n % 3}")
-            await pool.submit(print_label, directory, parcel, 2, key=f"parcel-{n}")
+            # A partial of a registered function stays registered, keywords and all.
+            label = functools.partial(print_label, copies=copies(n))
+            await pool.submit(label, directory, parcel, key=f"parcel-{n}")
         print("submitted", flush=True)
         await anyio.sleep_forever()  # the parent kills us while tasks run
+
+
+def copies(n: int) -> int:
+    return n % 3 + 1
 
 
 def logged(directory: str, word: str) -> set[int]:
@@ -76,8 +85,9 @@ async def reopen(directory: str) -> tuple[list[Label], bool]:
         labels = [await pool.wait(task_id) for task_id in report.resumed]
         for label in labels:
             print(f"  parcel {label.parcel}: {label.text}  (pid {label.pid})")
+        unstorable: Any = object()  # as untyped code might pass it
         try:  # arguments that cannot be stored are refused before anything is written
-            await pool.submit(print_label, directory, object(), 1)
+            await pool.submit(print_label, directory, unstorable)
         except harnpool.ArgumentsNotEncodableError as exc:
             print(f"refused at submit, nothing written: {exc}")
             return labels, len(pool.tasks()) == report.tasks
@@ -109,7 +119,12 @@ def main() -> int:
     print(f"child {proc.pid} killed with SIGKILL after {len(logged(directory, 'done'))} labels\n")
 
     labels, refused = anyio.run(reopen, directory)
-    here = bool(labels) and all(isinstance(lb, Label) and lb.pid == os.getpid() for lb in labels)
+    here = bool(labels) and all(
+        isinstance(lb, Label)
+        and lb.pid == os.getpid()
+        and lb.text.startswith(f"{copies(lb.parcel)} copies")  # its keyword came back
+        for lb in labels
+    )
     missing = set(range(PARCELS)) - logged(directory, "done")
     if not here or missing or not refused:
         print(f"FAILED: resumed here: {here}, never printed: {missing}, refused: {refused}")

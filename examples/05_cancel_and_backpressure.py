@@ -30,7 +30,9 @@ async def step(name: str, started: anyio.Event, gate: anyio.Event) -> str:
 
 async def cancelling(directory: str) -> bool:
     gate, started = anyio.Event(), anyio.Event()
-    async with harnpool.open_pool(os.path.join(directory, "cancel.jsonl")) as pool:
+    async with harnpool.open_pool(
+        os.path.join(directory, "cancel.jsonl"), max_concurrent=1
+    ) as pool:
         open_gate = anyio.Event()
         open_gate.set()
         done = await pool.submit(step, "done", anyio.Event(), open_gate)
@@ -56,7 +58,7 @@ async def full_queue(directory: str, on_full: harnpool.OnFull) -> str:
     """Run one task, queue two (max_queued=2), then submit a fourth; say what happened."""
     gate, started = anyio.Event(), anyio.Event()
     journal = os.path.join(directory, f"queue-{on_full}.jsonl")
-    async with harnpool.open_pool(journal, max_queued=2, on_full=on_full) as pool:
+    async with harnpool.open_pool(journal, max_concurrent=1, max_queued=2, on_full=on_full) as pool:
         await pool.submit(step, "a", started, gate)
         await started.wait()
         b = await pool.submit(step, "b", anyio.Event(), gate)

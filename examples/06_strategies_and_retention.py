@@ -48,7 +48,7 @@ async def run_order(
     """
     order: list[str] = []
     started, gate = anyio.Event(), anyio.Event()
-    async with harnpool.open_pool(path, strategy=strategy, aging=aging) as pool:
+    async with harnpool.open_pool(path, max_concurrent=1, strategy=strategy, aging=aging) as pool:
         await pool.submit(hold, started, gate)
         await started.wait()  # max_concurrent=1: everything below queues up
         for i, (label, priority, group) in enumerate(jobs):

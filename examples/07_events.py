@@ -54,7 +54,7 @@ async def run_pool(path: str) -> None:
     """Complete, retry then fail, cancel and reject a task."""
     gate = anyio.Event()
     async with harnpool.open_pool(
-        path, max_queued=2, on_full="drop_newest", retry_backoff=0.01
+        path, max_concurrent=1, max_queued=2, on_full="drop_newest", retry_backoff=0.01
     ) as pool:
         await pool.wait(await pool.submit(greet, "ada", key="greet-ada"))
         with contextlib.suppress(harnpool.TaskFailed):

@@ -34,7 +34,7 @@ from ._errors import (
 )
 from ._info import PoolStatistics, RecoveryReport, TaskInfo
 from ._journal import TornTail
-from ._pool import Job, OnFull, Pool, open_pool
+from ._pool import Job, OnFull, Pool, TaskId, open_pool
 from ._queue import Strategy
 from ._records import Status
 from ._registry import task
@@ -73,6 +73,7 @@ __all__ = [
     "TaskCrashLoop",
     "TaskError",
     "TaskFailed",
+    "TaskId",
     "TaskInfo",
     "TaskNotAttached",
     "TaskRejected",

@@ -11,7 +11,7 @@ import os
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, Literal, TypeVar, TypeVarTuple, cast, overload
 
 import anyio.from_thread
 
@@ -19,7 +19,7 @@ from ._completion import AsCompleted
 from ._context import submitter
 from ._errors import PoolClosedError, WrongThreadError
 from ._info import PoolStatistics, RecoveryReport, TaskInfo
-from ._pool import Job, OnFull, Pool, open_pool
+from ._pool import Job, OnFull, Pool, TaskId, open_pool
 from ._queue import Strategy
 from ._schedule import CatchUp
 from ._settings import Start
@@ -28,6 +28,8 @@ from ._threads import check_not_loop_thread
 __all__ = ["BlockingPool", "open_blocking_pool"]
 
 T = TypeVar("T")
+R = TypeVar("R")
+Ts = TypeVarTuple("Ts")
 
 Backend = Literal["asyncio", "trio"]
 _BACKENDS = ("asyncio", "trio")
@@ -96,11 +98,13 @@ class BlockingPool:
     def _closed_error(self) -> PoolClosedError:
         return PoolClosedError(f"the pool on {self.path!r} is closed")
 
+    # An async function first, so its result type is what it awaits to, not a coroutine.
+    @overload
     def submit(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[[*Ts], Awaitable[R]],
         /,
-        *args: Any,
+        *args: *Ts,
         key: str | None = None,
         priority: int = 0,
         group: str | None = None,
@@ -109,7 +113,38 @@ class BlockingPool:
         timeout: float | None = None,
         delay: float | None = None,
         run_at: datetime.datetime | None = None,
-    ) -> str:
+    ) -> TaskId[R]: ...
+
+    @overload
+    def submit(
+        self,
+        fn: Callable[[*Ts], R],
+        /,
+        *args: *Ts,
+        key: str | None = None,
+        priority: int = 0,
+        group: str | None = None,
+        retries: int | None = None,
+        retry_on: Iterable[type[BaseException]] | None = None,
+        timeout: float | None = None,
+        delay: float | None = None,
+        run_at: datetime.datetime | None = None,
+    ) -> TaskId[R]: ...
+
+    def submit(
+        self,
+        fn: Callable[[*Ts], Any],
+        /,
+        *args: *Ts,
+        key: str | None = None,
+        priority: int = 0,
+        group: str | None = None,
+        retries: int | None = None,
+        retry_on: Iterable[type[BaseException]] | None = None,
+        timeout: float | None = None,
+        delay: float | None = None,
+        run_at: datetime.datetime | None = None,
+    ) -> TaskId[Any]:
         """Submit ``fn(*args)`` to run, and return the task's id once that is durable.
 
         As :meth:`Pool.submit`: an async ``fn`` runs on the pool's event loop,
@@ -117,7 +152,7 @@ class BlockingPool:
         until it is due.
 
         Returns:
-            The task's id.
+            The task's id, typed as :meth:`Pool.submit` types it.
 
         Raises:
             The errors of :meth:`Pool.submit`; WrongThreadError if called on
@@ -137,8 +172,11 @@ class BlockingPool:
             run_at=run_at,
         )
         # Its tasks run in a copy of this thread's context, not the event loop's.
-        return self._call(
-            "submit", functools.partial(_submitting, contextvars.copy_context(), submit)
+        return cast(
+            "TaskId[Any]",
+            self._call(
+                "submit", functools.partial(_submitting, contextvars.copy_context(), submit)
+            ),
         )
 
     def schedule(
@@ -185,6 +223,12 @@ class BlockingPool:
         return self._call(
             "submit_many", functools.partial(_submitting, contextvars.copy_context(), submit)
         )
+
+    @overload
+    def wait(self, task_id: TaskId[R], *, timeout: float | None = None) -> R: ...
+
+    @overload
+    def wait(self, task_id: str, *, timeout: float | None = None) -> Any: ...
 
     def wait(self, task_id: str, *, timeout: float | None = None) -> Any:
         """Wait for a task to finish and return its result, typed as :meth:`Pool.wait` types it.
@@ -322,7 +366,7 @@ def open_blocking_pool(
     path: str | os.PathLike[str],
     *,
     backend: Backend = "asyncio",
-    max_concurrent: int = 1,
+    max_concurrent: int = 100,
     max_queued: int | None = None,
     on_full: OnFull = "block",
     strategy: Strategy = "priority",

@@ -7,9 +7,9 @@ import contextvars
 import datetime
 import os
 import threading
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar, TypeVarTuple, cast, overload
 
 import anyio
 import anyio.abc
@@ -42,13 +42,16 @@ from ._settings import (
     is_dsn,
 )
 from ._storage import Durable, Found, Storage
-from ._task import Job, Task, TaskFunction
+from ._task import Job, Task, TaskFunction, TaskId
 from ._threads import check_loop_thread
 from ._transitions import Tasks
 from ._waiting import Waits
 from ._worker import Workers
 
-__all__ = ["Job", "OnFull", "Pool", "open_pool"]
+__all__ = ["Job", "OnFull", "Pool", "TaskId", "open_pool"]
+
+R = TypeVar("R")
+Ts = TypeVarTuple("Ts")
 
 
 class Pool:
@@ -82,11 +85,13 @@ class Pool:
 
     # -- submitting -------------------------------------------------------------------
 
+    # An async function first, so its result type is what it awaits to, not a coroutine.
+    @overload
     async def submit(
         self,
-        fn: TaskFunction,
+        fn: Callable[[*Ts], Awaitable[R]],
         /,
-        *args: Any,
+        *args: *Ts,
         key: str | None = None,
         priority: int = 0,
         group: str | None = None,
@@ -95,7 +100,38 @@ class Pool:
         timeout: float | None = None,
         delay: float | None = None,
         run_at: datetime.datetime | None = None,
-    ) -> str:
+    ) -> TaskId[R]: ...
+
+    @overload
+    async def submit(
+        self,
+        fn: Callable[[*Ts], R],
+        /,
+        *args: *Ts,
+        key: str | None = None,
+        priority: int = 0,
+        group: str | None = None,
+        retries: int | None = None,
+        retry_on: Iterable[type[BaseException]] | None = None,
+        timeout: float | None = None,
+        delay: float | None = None,
+        run_at: datetime.datetime | None = None,
+    ) -> TaskId[R]: ...
+
+    async def submit(
+        self,
+        fn: Callable[[*Ts], Any],
+        /,
+        *args: *Ts,
+        key: str | None = None,
+        priority: int = 0,
+        group: str | None = None,
+        retries: int | None = None,
+        retry_on: Iterable[type[BaseException]] | None = None,
+        timeout: float | None = None,
+        delay: float | None = None,
+        run_at: datetime.datetime | None = None,
+    ) -> TaskId[Any]:
         """Submit ``fn(*args)`` to run, and return the task's id once that is durable.
 
         ``fn`` is an async function (awaited on a worker) or a plain function
@@ -103,6 +139,9 @@ class Pool:
         coroutine object, since only a function can run again after a crash.
         A function registered with :func:`harnpool.task` is journaled by name
         with its arguments, and resumes on its own when the pool is reopened.
+        Keyword arguments go through :func:`functools.partial`:
+        ``submit(functools.partial(fn, size=2), x)``; a partial of a registered
+        function stays registered, its arguments and keywords journaled.
 
         Each attempt runs in a fresh copy of the caller's ``contextvars``
         context, as taken at submit (a task a reopen resumes, with no
@@ -143,7 +182,8 @@ class Pool:
                 (the other way to say ``delay``; give one or neither).
 
         Returns:
-            The task's id.
+            The task's id: a plain ``str``, typed ``TaskId[R]`` for a function
+            that returns (or, if async, awaits to) an ``R``.
 
         Raises:
             TypeError: ``fn`` is a coroutine object or not callable, or an
@@ -158,8 +198,9 @@ class Pool:
                 ``retries`` beyond 64 bits, ``retries`` below 0, a ``timeout``
                 not finite or not above 0, a ``delay`` negative or not finite,
                 a naive ``run_at``. Nothing was written.
-            ArgumentsNotEncodableError: ``fn`` is registered and ``args`` cannot
-                be stored; nothing was written.
+            ArgumentsNotEncodableError: ``fn`` is registered (or a partial of a
+                registered function) and ``args`` or the partial's arguments
+                cannot be stored; nothing was written.
             QueueFull: The queue is full and ``on_full`` is ``"reject"``.
             PoolClosedError: The pool is closed.
             JournalWriteError: The journal failed; the pool has stopped.
@@ -177,7 +218,7 @@ class Pool:
             delay=delay,
             run_at=run_at,
         )
-        return await self._submit_one(job)
+        return cast("TaskId[Any]", await self._submit_one(job))
 
     async def _submit_one(self, job: Job) -> str:
         """What ``submit_many([job])`` does, without the lists around one job."""
@@ -333,6 +374,12 @@ class Pool:
 
     # -- waiting and cancelling -------------------------------------------------------
 
+    @overload
+    async def wait(self, task_id: TaskId[R], *, timeout: float | None = None) -> R: ...
+
+    @overload
+    async def wait(self, task_id: str, *, timeout: float | None = None) -> Any: ...
+
     async def wait(self, task_id: str, *, timeout: float | None = None) -> Any:
         """Wait for a task to finish and return its result.
 
@@ -345,7 +392,9 @@ class Pool:
             timeout: Give up after this many seconds; the task is not affected.
 
         Returns:
-            The task's result, once its ``completed`` record is durable.
+            The task's result, once its ``completed`` record is durable. To a
+            type checker it is an ``R`` for a ``TaskId[R]`` (what
+            :meth:`submit` returned), ``Any`` for a plain ``str``.
 
         Raises:
             TypeError: ``task_id`` is not a str, or ``timeout`` is not a number
@@ -605,7 +654,7 @@ class Pool:
 async def open_pool(
     path: str | os.PathLike[str],
     *,
-    max_concurrent: int = 1,
+    max_concurrent: int = 100,
     max_queued: int | None = None,
     on_full: OnFull = "block",
     strategy: Strategy = "priority",
@@ -651,7 +700,13 @@ async def open_pool(
         path: The journal file. Its directory must exist. It is resolved
             first (symbolic links followed): ``<real path>.lock`` and,
             briefly, ``<real path>.compact`` are made beside the file it names.
-        max_concurrent: How many tasks may run at once; that many workers run.
+        max_concurrent: How many tasks may run at once (default 100, like
+            aiojobs' ``limit``); workers start as queued tasks need them, up
+            to this many. Plain (sync) functions run in worker threads, at
+            most ``min(max_concurrent, T)`` at once, where ``T`` is the
+            ``total_tokens`` of anyio's default thread limiter when the pool
+            opens (40 unless changed); the others wait for a thread. With a
+            database the limit holds across every process of the pool.
         max_queued: How many tasks may be queued at once; None for no bound.
         on_full: What a submit does when ``max_queued`` tasks are queued:
             ``"block"`` waits for room, ``"reject"`` raises QueueFull and writes
@@ -742,8 +797,8 @@ async def open_pool(
             ``lease`` given with a journal path; with a database, a setting
             a shared pool does not support.
         TypeError: With a database, a function another process cannot find
-            (a lambda, a closure, a bound method, a partial) is refused at
-            submit.
+            (a lambda, a closure, a bound method, or a partial of one) is
+            refused at submit.
         DatabaseError: The database cannot be reached or failed.
         SchemaVersionError: A newer harnpool created the database's schema.
 

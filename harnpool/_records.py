@@ -86,7 +86,9 @@ class TaskRecord(
     #: The name the function was registered under with ``harnpool.task``: a
     #: reopened pool runs the task again on its own, with ``args``.
     name: str | None = None
-    #: The JSON-encoded positional arguments of a registered task's function.
+    #: The JSON-encoded positional arguments of a registered task's function;
+    #: ``{"args": [...], "kwargs": {...}}`` when a functools.partial binds
+    #: keywords (a form older versions refuse rather than drop the keywords).
     args: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
     #: The label round-robined by the ``fair`` strategy.
     group: str | None = None

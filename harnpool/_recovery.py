@@ -10,7 +10,7 @@ from ._errors import TaskCrashLoop
 from ._events import emit
 from ._info import RecoveryReport
 from ._records import Status
-from ._registry import decode_args, lookup
+from ._registry import decode_call, lookup
 from ._settings import _type_name
 from ._storage import Found
 from ._task import Task
@@ -108,7 +108,10 @@ def resolve(tasks: Tasks, task: Task) -> bool:
         )
         return False
     try:
-        args = () if isinstance(record.args, msgspec.UnsetType) else decode_args(fn, record.args)
+        if not isinstance(record.args, msgspec.UnsetType):
+            fn, args = decode_call(fn, record.args)  # a partial if keywords were stored
+        else:
+            args = ()
     except msgspec.ValidationError as exc:
         emit(
             "warning",

@@ -1,4 +1,11 @@
-"""Registered task functions: stored by name with their arguments, resumed on reopen."""
+"""Registered task functions: stored by name with their arguments, resumed on reopen.
+
+A stored task's arguments are one JSON value: the array of its positional
+arguments, or, when a :func:`functools.partial` around the function binds
+keywords, the object ``{"args": [...], "kwargs": {...}}``. An older harnpool
+reading the object refuses it (the arguments do not decode) rather than run
+the function without its keywords.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +14,23 @@ import importlib
 import inspect
 import typing
 from collections.abc import Callable
-from typing import Any, TypeVar, overload
+from typing import Any, NamedTuple, TypeVar, overload
 
 import msgspec
 
 from ._cache import WeakCache
 from ._errors import ArgumentsNotEncodableError
 
-__all__ = ["decode_args", "encode_args", "lookup", "registered_name", "resolve", "task"]
+__all__ = [
+    "BoundCall",
+    "decode_call",
+    "encode_args",
+    "lookup",
+    "registered_name",
+    "resolve",
+    "task",
+    "unwrap",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -38,6 +54,8 @@ def task(fn: F | None = None, /, *, name: str | None = None) -> F | Callable[[F]
     and its positional arguments (encoded with msgspec), so after a restart
     the pool needs no resubmission: it looks the name up, decodes the
     arguments by the function's annotations, and runs the task in its place.
+    A :func:`functools.partial` of a registered function is journaled as that
+    function, with the arguments and keywords the partial binds.
     The function itself is returned unchanged.
 
     Use it bare (``@harnpool.task``; the name is ``"module:qualname"``, and
@@ -107,52 +125,119 @@ def resolve(name: str) -> Callable[..., Any] | None:
     return found if callable(found) else None
 
 
+class BoundCall(NamedTuple):
+    """A function to store by name, and every argument to call it with."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+def unwrap(fn: Callable[..., Any], args: tuple[Any, ...]) -> BoundCall:
+    """Look through the :func:`functools.partial` objects around ``fn``.
+
+    Stops at a registered function (a registered partial included) or at the
+    innermost function; the arguments the partials bind join ``args``.
+    """
+    kwargs: dict[str, Any] = {}
+    while isinstance(fn, functools.partial) and registered_name(fn) is None:
+        # The outer partial's keywords win, as they do when it is called.
+        args = (*fn.args, *args)
+        kwargs = {**fn.keywords, **kwargs}
+        fn = fn.func
+    return BoundCall(fn, args, kwargs)
+
+
 def encode_args(
-    fn: Callable[..., Any], args: tuple[Any, ...], name: str | None = None
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    name: str | None = None,
+    kwargs: dict[str, Any] | None = None,
 ) -> msgspec.Raw:
     """Encode a stored task's arguments, or refuse them before anything is written.
 
-    ``name`` is the function's stored name when it is not registered.
+    ``name`` is the function's stored name when it is not registered;
+    ``kwargs`` the keywords a partial binds (see the module's docstring).
     """
     try:
+        if kwargs:
+            return msgspec.Raw(_encoder.encode({"args": args, "kwargs": kwargs}))
         return msgspec.Raw(_encoder.encode(args))
     except Exception as exc:  # also RecursionError, and errors from code msgspec calls
-        kinds = ", ".join(sorted({f"{type(a).__module__}.{type(a).__qualname__}" for a in args}))
+        values = (*args, *kwargs.values()) if kwargs else args
+        kinds = ", ".join(sorted({f"{type(a).__module__}.{type(a).__qualname__}" for a in values}))
         raise ArgumentsNotEncodableError(
             f"the arguments of {name or registered_name(fn)!r} cannot be stored as JSON "
             f"(types: {kinds}): {exc}; stored tasks need arguments msgspec can encode"
         ) from exc
 
 
-def _find_positional_types(fn: Callable[..., Any]) -> tuple[list[Any], Any]:
+class _Parameters(NamedTuple):
+    """The annotations stored arguments are decoded by."""
+
+    positional: list[Any]
+    rest: Any
+    keywords: dict[str, Any]
+    other_keywords: Any
+
+
+def _find_parameters(fn: Callable[..., Any]) -> _Parameters:
     try:
         hints = typing.get_type_hints(fn)
         parameters = inspect.signature(fn).parameters.values()
     except Exception:  # unresolvable annotations or no signature: decode plain JSON
-        return [], Any
-    fixed: list[Any] = []
+        return _Parameters([], Any, {}, Any)
+    found = _Parameters([], Any, {}, Any)
     rest: Any = Any
+    other: Any = Any
     for p in parameters:
+        hint = hints.get(p.name, Any)
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
-            fixed.append(hints.get(p.name, Any))
+            found.positional.append(hint)
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            found.keywords[p.name] = hint
         elif p.kind is p.VAR_POSITIONAL:
-            rest = hints.get(p.name, Any)
-    return fixed, rest
+            rest = hint
+        elif p.kind is p.VAR_KEYWORD:
+            other = hint
+    return found._replace(rest=rest, other_keywords=other)
 
 
-_positional_types = WeakCache(_find_positional_types)
+_parameters = WeakCache(_find_parameters)
 
 
-def decode_args(fn: Callable[..., Any], raw: msgspec.Raw) -> tuple[Any, ...]:
+class _BoundArgs(msgspec.Struct, forbid_unknown_fields=True):
+    args: list[msgspec.Raw]
+    kwargs: dict[str, msgspec.Raw]
+
+
+_args_decoder = msgspec.json.Decoder(list[msgspec.Raw] | _BoundArgs)
+
+
+def decode_call(
+    fn: Callable[..., Any], raw: msgspec.Raw
+) -> tuple[Callable[..., Any], tuple[Any, ...]]:
     """Decode stored arguments as ``fn``'s parameters are annotated.
+
+    Returns:
+        What to call, ``fn`` itself or a partial of it binding the stored
+        keywords, and the positional arguments to call it with.
 
     Raises:
         msgspec.ValidationError: The stored arguments do not fit the annotations.
     """
-    values = msgspec.json.decode(raw, type=list[msgspec.Raw])
-    fixed, rest = _positional_types(fn)
-    out = []
-    for i, value in enumerate(values):
-        kind = fixed[i] if i < len(fixed) else rest
-        out.append(msgspec.json.decode(value, type=kind))
-    return tuple(out)
+    stored = _args_decoder.decode(raw)
+    values = stored if isinstance(stored, list) else stored.args
+    found = _parameters(fn)
+    fixed = found.positional
+    args = tuple(
+        msgspec.json.decode(value, type=fixed[i] if i < len(fixed) else found.rest)
+        for i, value in enumerate(values)
+    )
+    if isinstance(stored, list) or not stored.kwargs:
+        return fn, args
+    kwargs = {
+        key: msgspec.json.decode(value, type=found.keywords.get(key, found.other_keywords))
+        for key, value in stored.kwargs.items()
+    }
+    return functools.partial(fn, **kwargs), args

@@ -37,7 +37,7 @@ from ._errors import (
     PoolClosedError,
 )
 from ._events import emit
-from ._registry import _positional_types, registered_name
+from ._registry import _parameters, registered_name
 from ._settings import _choice, _seconds, _text, _type_error
 from ._task import Job, TaskFunction, check_function, function_name
 
@@ -219,7 +219,7 @@ def _check_takes_slot(fn: TaskFunction) -> None:
         ) from None
     except ValueError:  # no signature to check
         pass
-    fixed, _ = _positional_types(fn)
+    fixed = _parameters(fn).positional
     if not fixed or fixed[0] is not datetime.datetime:
         # Annotated, the slot decodes as a datetime after a restart or in another process.
         raise TypeError(f"fn {name!r} must annotate its slot parameter as datetime.datetime")

@@ -42,7 +42,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import anyio
 import anyio.abc
@@ -57,7 +57,7 @@ from ._loop import threadsafe_caller
 from ._pg import RECONNECTED, Listener, PostgresStore
 from ._pool import Pool
 from ._records import FINISHED, Status, TaskRecord
-from ._registry import decode_args, encode_args, registered_name, resolve
+from ._registry import decode_call, encode_args, registered_name, resolve, unwrap
 from ._results import decode_outcome, error_message, storable
 from ._retry import backoff, retryable
 from ._schedule import Schedules
@@ -70,14 +70,15 @@ from ._settings import (
     check_task_ids,
     check_wait_timeout,
 )
-from ._task import Job, Task, TaskFunction, function_name
-from ._threads import check_loop_thread
+from ._task import Job, Task, TaskFunction, TaskId, function_name
+from ._threads import check_loop_thread, thread_slots
 from ._transitions import Tasks
 from ._worker import Workers
 
 __all__ = ["SharedPool", "serve_shared", "stored_name"]
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 #: Seconds between polls of the database when no notification came.
 POLL = 1.0
@@ -97,8 +98,6 @@ def _stored_name(fn: object) -> str:
     name = registered_name(fn)
     if name is not None:
         return name
-    if isinstance(fn, functools.partial):
-        raise _refuse(fn, "a functools.partial has no name to find it by")
     if inspect.ismethod(fn):
         raise _refuse(fn, "a bound method's object exists only in this process")
     if not (inspect.isfunction(fn) or inspect.isbuiltin(fn)):
@@ -184,8 +183,8 @@ class _Runner(Workers):
         self.settings = outcomes.settings
         self.path = outcomes.path
         self.scope = anyio.CancelScope()
-        self.threads = anyio.CapacityLimiter(max(1, workers))
-        self._thread_limiter = anyio.CapacityLimiter(max(1, workers))
+        self.threads = anyio.CapacityLimiter(thread_slots(workers))
+        self._thread_limiter = anyio.CapacityLimiter(thread_slots(workers))
         self._call_soon = None
         self._encoder = msgspec.json.Encoder()
         self.count = workers
@@ -315,7 +314,9 @@ class SharedPool(Pool):
     def _prepare(self, job: Job) -> TaskRecord:
         """Check a job and build its record; refuse a function no other process can find."""
         fn = job.fn
-        name = stored_name(fn)
+        # A partial is stored as the function it wraps, with the arguments it binds.
+        call = unwrap(fn, job.args)
+        name = stored_name(call.fn)
         settings = self._settings
         retry_on = job.retry_on
         return TaskRecord(
@@ -327,7 +328,7 @@ class SharedPool(Pool):
             key=job.key,
             function=function_name(fn),
             name=name,
-            args=encode_args(fn, job.args, name),
+            args=encode_args(call.fn, call.args, name, call.kwargs),
             group=job.group,
             retries=settings.retries if job.retries is None else job.retries,
             retry_on=self._retry_on if retry_on is None else _retry_names(retry_on),
@@ -347,7 +348,9 @@ class SharedPool(Pool):
         Raises:
             TypeError: What :meth:`Pool.submit_many` raises, and also for a
                 function another process cannot find by name (a lambda, a
-                closure, a bound method, a partial): nothing was submitted.
+                closure, a bound method, or a partial of one): nothing was
+                submitted. A partial of a function it can find is stored as
+                that function, with the arguments and keywords it binds.
             DatabaseError: The database failed; nothing was submitted.
         """
         check_loop_thread(self._loop_thread, pool=self.path, method="Pool.submit_many")
@@ -398,6 +401,12 @@ class SharedPool(Pool):
         if self._watchers:
             for inbox in self._watchers.pop(task_id, ()):
                 inbox(task_id)
+
+    @overload
+    async def wait(self, task_id: TaskId[R], *, timeout: float | None = None) -> R: ...
+
+    @overload
+    async def wait(self, task_id: str, *, timeout: float | None = None) -> Any: ...
 
     async def wait(self, task_id: str, *, timeout: float | None = None) -> Any:
         """Wait for any task of the pool to finish, wherever it runs; see :meth:`Pool.wait`.
@@ -613,11 +622,9 @@ class SharedPool(Pool):
                         f"function {record.name!r} of task {record.id} cannot be found "
                         "in this process"
                     )
-                args = (
-                    ()
-                    if isinstance(record.args, msgspec.UnsetType)
-                    else decode_args(fn, record.args)
-                )
+                args: tuple[Any, ...] = ()
+                if not isinstance(record.args, msgspec.UnsetType):
+                    fn, args = decode_call(fn, record.args)  # a partial if keywords were stored
             except Exception as exc:
                 self._outcomes.failed_attempt(task, exc, 0.0)
             else:

@@ -7,7 +7,7 @@ import datetime
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, TypeVarTuple
 
 import anyio
 
@@ -18,9 +18,51 @@ from ._results import storable
 from ._settings import check_due, check_task_options
 from ._storage import Durable
 
-__all__ = ["Job", "Task", "TaskFunction", "check_function", "function_name", "is_async"]
+__all__ = [
+    "Job",
+    "Task",
+    "TaskFunction",
+    "TaskId",
+    "check_function",
+    "function_name",
+    "is_async",
+]
 
 TaskFunction = Callable[..., Awaitable[Any]] | Callable[..., Any]
+
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+Ts = TypeVarTuple("Ts")
+
+
+class _AnyStr(type):
+    # Every id is a plain str at runtime, so every str passes for one.
+    def __instancecheck__(cls, instance: object) -> bool:
+        return isinstance(instance, str)
+
+
+class TaskId(str, Generic[R_co], metaclass=_AnyStr):
+    """A task's id, typed by what its function returns: ``TaskId[int]``.
+
+    :meth:`Pool.submit` returns one, and :meth:`Pool.wait` given a
+    ``TaskId[R]`` returns an ``R`` to the type checker (a plain ``str`` id
+    gives ``Any``). It exists for type checkers only: at runtime every id is
+    a plain ``str``, compared, hashed, stored and encoded as one, and
+    ``TaskId[int](text)`` returns ``str(text)``, so an id read back from
+    elsewhere can be typed again.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, value: object = "") -> TaskId[R_co]:
+        return str(value)  # type: ignore[return-value]  # a plain str: see the docstring
+
+    if TYPE_CHECKING:
+        # Ids of tasks typed differently may be equal: a key names one task,
+        # whichever function a later submit with that key passes.
+        def __eq__(self, other: object) -> bool: ...
+
+        def __hash__(self) -> int: ...
 
 
 class Task:
@@ -124,9 +166,9 @@ class Job:
 
     def __init__(
         self,
-        fn: TaskFunction,
+        fn: Callable[[*Ts], object],
         /,
-        *args: Any,
+        *args: *Ts,
         key: str | None = None,
         priority: int = 0,
         group: str | None = None,

@@ -1,4 +1,5 @@
-"""Which thread may call a pool: its event loop's for :class:`Pool`, any other for a BlockingPool.
+"""Which thread may call a pool (its event loop's for :class:`Pool`, any other for a
+BlockingPool), and how many threads its plain functions may run in.
 
 A pool's state is only ever touched on its event loop's thread, so it needs no
 locks. A call from another thread would change that state under the loop's feet
@@ -11,9 +12,24 @@ from __future__ import annotations
 
 import threading
 
+import anyio.to_thread
+
 from ._errors import WrongThreadError
 
-__all__ = ["check_loop_thread", "check_not_loop_thread"]
+__all__ = ["check_loop_thread", "check_not_loop_thread", "thread_slots"]
+
+
+def thread_slots(limit: int) -> int:
+    """How many threads a pool's plain functions may run in at once: ``limit``, but no
+    more than anyio's default thread limiter allows (40 unless changed).
+
+    Read once, on the event loop, when the pool opens. The pool takes a limiter
+    of that size of its own rather than the default one, so plain task
+    functions holding every token cannot starve the pool's own calls in
+    threads (a lease renewal, a journal open).
+    """
+    default = anyio.to_thread.current_default_thread_limiter().total_tokens
+    return max(1, int(min(limit, default)))
 
 
 def _thread_name(ident: int) -> str:

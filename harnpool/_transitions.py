@@ -22,7 +22,7 @@ from ._info import TaskInfo
 from ._loop import primitives
 from ._queue import ReadyQueue
 from ._records import FINISHED, Status, TaskRecord
-from ._registry import encode_args, registered_name
+from ._registry import encode_args, registered_name, unwrap
 from ._results import error_message, storable
 from ._retry import backoff, retryable
 from ._settings import _retry_names, _Settings, _type_name
@@ -169,7 +169,10 @@ class Tasks:
     def prepare(self, job: Job) -> TaskRecord:
         """Check a job and build its record (id and seq are filled in later)."""
         settings = self.settings
-        name = registered_name(job._fn)
+        # A partial of a registered function is stored as that function, with
+        # the arguments the partial binds.
+        call = unwrap(job._fn, job._args)
+        name = registered_name(call.fn)
         if name is not None and not name.isascii():
             try:
                 name.encode("utf-8")
@@ -177,7 +180,11 @@ class Tasks:
                 raise ValueError(
                     f"fn is registered under a name that cannot be stored: {name!r}"
                 ) from None
-        stored = encode_args(job._fn, job._args) if name is not None else msgspec.UNSET
+        stored = (
+            encode_args(call.fn, call.args, kwargs=call.kwargs)
+            if name is not None
+            else msgspec.UNSET
+        )
         retry_on = self.retry_on if job._retry_on is None else _retry_names(job._retry_on)
         return TaskRecord(
             id="",

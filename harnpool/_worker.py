@@ -24,6 +24,7 @@ from ._results import error_message
 from ._settings import _type_name
 from ._storage import Durable
 from ._task import Task, TaskFunction, is_async
+from ._threads import thread_slots
 from ._transitions import Tasks
 
 __all__ = ["Workers"]
@@ -142,9 +143,10 @@ class Workers:
         self.scope = anyio.CancelScope()
         # Threads running sync functions. A thread's slot is released when the
         # thread really returns, not when a timeout or cancel abandons it, so
-        # abandoned threads cannot pile up past max_concurrent.
-        self.threads = anyio.CapacityLimiter(self.settings.max_concurrent)
-        self._thread_limiter = anyio.CapacityLimiter(self.settings.max_concurrent)
+        # abandoned threads cannot pile up past the limit.
+        slots = thread_slots(self.settings.max_concurrent)
+        self.threads = anyio.CapacityLimiter(slots)
+        self._thread_limiter = anyio.CapacityLimiter(slots)
         self._call_soon: Callable[[Callable[[], object]], object] | None = None
         #: Workers are started as ready tasks need them (see needs_worker).
         self._wanted = tasks.prims.event()
@@ -313,8 +315,8 @@ class Workers:
 
         A thread cannot be interrupted: a timeout or cancel abandons it, but its
         slot is held until the function really returns, so at most
-        max_concurrent threads ever run the pool's functions. The attempt's
-        timeout counts from the moment the thread has its slot.
+        ``thread_slots(max_concurrent)`` threads ever run the pool's functions.
+        The attempt's timeout counts from the moment the thread has its slot.
         """
         slot = _ThreadSlot(self.threads, self._call_soon)
         scope.deadline = math.inf  # waiting for a slot is not part of the attempt's time

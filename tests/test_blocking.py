@@ -62,7 +62,7 @@ async def test_open_submit_wait_and_close_never_block_the_loop(
     blockbuster: BlockBuster, journal_path: Path
 ) -> None:
     async with harnpool.open_pool(journal_path, max_concurrent=4) as pool:
-        ids = [await pool.submit(job, n, key=f"k{n}") for n in range(20)]
+        ids: list[str] = [await pool.submit(job, n, key=f"k{n}") for n in range(20)]
         ids += await pool.submit_many(Job(sync_job, n) for n in range(20))
         assert await pool.submit(job, 0, key="k0") == ids[0]
         results = [await pool.wait(task_id) for task_id in ids]

@@ -134,10 +134,10 @@ class TestThreads:
         # knows which running task waits, as when an async task calls Pool.wait.
         def parent(pool: harnpool.BlockingPool) -> int:
             child = pool.submit(square, 2)
-            result: int = pool.wait(child, timeout=DEADLINE)  # the only slot is parent's
-            return result
+            pool.wait(child, timeout=DEADLINE)  # the only slot is parent's
+            return 0
 
-        with harnpool.open_blocking_pool(journal_path, backend=backend) as pool:
+        with harnpool.open_blocking_pool(journal_path, backend=backend, max_concurrent=1) as pool:
             task_id = pool.submit(parent, pool)
             with pytest.raises(harnpool.TaskFailed) as failed:
                 pool.wait(task_id, timeout=DEADLINE)
@@ -197,7 +197,7 @@ class TestErrors:
     ) -> None:
         started, gate, cancelled = threading.Event(), threading.Event(), threading.Event()
         with harnpool.open_blocking_pool(
-            journal_path, backend=backend, max_queued=1, on_full="reject"
+            journal_path, backend=backend, max_concurrent=1, max_queued=1, on_full="reject"
         ) as pool:
             running = pool.submit(blocked, started, gate)
             assert started.wait(DEADLINE)
@@ -223,9 +223,9 @@ class TestErrors:
         with harnpool.open_blocking_pool(journal_path, backend=backend) as pool:
             coroutine = point(1)
             with pytest.raises(TypeError, match="not a coroutine object"):
-                pool.submit(coroutine)  # type: ignore[arg-type]
+                pool.submit(coroutine)  # type: ignore[call-overload]
             with pytest.raises(TypeError, match="key"):
-                pool.submit(square, 1, key=1)  # type: ignore[arg-type]
+                pool.submit(square, 1, key=1)  # type: ignore[call-overload]
             with pytest.raises(ValueError, match="timeout"):
                 pool.wait("t1", timeout=-1)
             with pytest.raises(TypeError, match="jobs"):

@@ -80,7 +80,7 @@ async def _write_template(path: Path) -> None:
 
     # Leaving by an exception keeps the hanging task "running" in the journal, as a crash would.
     with pytest.raises(_Stop):
-        async with harnpool.open_pool(path) as pool:
+        async with harnpool.open_pool(path, max_concurrent=1) as pool:  # "later" waits
             await pool.submit(hang, key="hang", priority=5)
             await pool.submit(square, 99, key="later")
             with anyio.fail_after(10):
@@ -326,7 +326,8 @@ class TestCompact:
         before = journal.stat().st_size
         code, out, err = await anyio.to_thread.run_sync(run, "compact", journal)
         assert (code, err) == (EXIT_OK, "")
-        async with harnpool.open_pool(by_pool) as pool:
+        # The header keeps the max_concurrent the template was last opened with.
+        async with harnpool.open_pool(by_pool, max_concurrent=1) as pool:
             assert pool.recovery.requeued == ("t5",)
         assert journal.read_bytes() == by_pool.read_bytes()
         after = journal.stat().st_size

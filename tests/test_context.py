@@ -218,7 +218,7 @@ class TestBlockingPool:
 
             def caller(name: str) -> None:
                 request_id.set(name)
-                ids = [pool.submit(read), pool.submit(_read_in_thread)]
+                ids: list[str] = [pool.submit(read), pool.submit(_read_in_thread)]
                 ids += pool.submit_many([Job(read)])
                 request_id.set("changed")
                 seen[name] = pool.results(ids)

@@ -4,6 +4,7 @@ strategies, retention and events."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import anyio
 import msgspec
@@ -84,8 +85,9 @@ class TestRegisteredTasks:
     ) -> None:
         async with harnpool.open_pool(journal_path) as pool:
             size = journal_path.stat().st_size
+            unstorable: Any = object()
             with pytest.raises(harnpool.ArgumentsNotEncodableError, match="object") as info:
-                await pool.submit(pack, object(), False)
+                await pool.submit(pack, unstorable, False)
             assert isinstance(info.value, TypeError)
             assert journal_path.stat().st_size == size
             assert pool.tasks() == []
@@ -282,7 +284,7 @@ class TestBackpressure:
             await self.fill(pool, gate)
             size = journal_path.stat().st_size
             with pytest.raises(harnpool.QueueFull, match="max_queued=2"):
-                await pool.submit(self.fill)
+                await pool.submit(self.fill, pool, gate)
             assert journal_path.stat().st_size == size
             gate.set()
 

@@ -89,9 +89,9 @@ class TestSubmitAndWait:
     async def test_a_coroutine_object_is_refused(self, journal_path: Path) -> None:
         async with harnpool.open_pool(journal_path) as pool:
             with pytest.raises(TypeError, match="not a coroutine object"):
-                await pool.submit(double(1))  # type: ignore[arg-type]
+                await pool.submit(double(1))  # type: ignore[call-overload]
             with pytest.raises(TypeError, match="callable"):
-                await pool.submit(42)  # type: ignore[arg-type]
+                await pool.submit(42)  # type: ignore[call-overload]
             assert pool.tasks() == []
 
     async def test_unknown_ids_raise(self, journal_path: Path) -> None:
@@ -287,7 +287,8 @@ class TestResults:
 
     async def test_without_the_function_the_result_is_plain_json(self, journal_path: Path) -> None:
         async with harnpool.open_pool(journal_path) as pool:
-            task_id = await pool.submit(make_point, 2)
+            # A plain str: reopened without the function, the result is not a Point.
+            task_id: str = await pool.submit(make_point, 2)
             await pool.wait(task_id)
         async with harnpool.open_pool(journal_path) as pool:
             assert await pool.wait(task_id) == {"x": 2, "y": -2}

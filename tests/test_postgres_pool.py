@@ -95,6 +95,15 @@ async def registered(n: int) -> int:
     return n + 1
 
 
+@harnpool.task(name="tests.pg.scaled")
+def scaled(n: int, *, factor: int, offset: tuple[int, int] = (0, 0)) -> str:
+    return f"{n * factor} {offset!r}"
+
+
+def shifted(n: int, *, by: int) -> int:
+    return n + by
+
+
 class Holder:
     async def method(self) -> None:
         pass
@@ -294,6 +303,40 @@ class TestCancel:
                 assert not await client.cancel(task_id)
 
 
+class TestPartials:
+    async def test_a_partial_is_stored_with_its_keywords_and_runs_in_another_pool(
+        self, open_shared: Any, postgres_dsn: str, pool_name: str
+    ) -> None:
+        with anyio.fail_after(20):
+            async with open_shared(workers=0) as client:
+                registered_id = await client.submit(
+                    functools.partial(scaled, factor=3, offset=(1, 2)), 5
+                )
+                importable_id = await client.submit(functools.partial(shifted, 1, by=10))
+                async with open_shared() as worker:
+                    # Decoded by the annotations: the tuple comes back a tuple.
+                    assert await client.wait(registered_id) == "15 (1, 2)"
+                    assert await worker.wait(importable_id) == 11
+        store = PostgresStore(postgres_dsn, pool_name, connections=1)
+        try:
+            record = store.get(registered_id)
+        finally:
+            store.close()
+        assert record.name == "tests.pg.scaled"
+        assert isinstance(record.args, msgspec.Raw)
+        assert msgspec.json.decode(record.args) == {
+            "args": [5],
+            "kwargs": {"factor": 3, "offset": [1, 2]},
+        }
+
+    async def test_keywords_that_cannot_be_stored_are_refused(self, open_shared: Any) -> None:
+        unstorable: Any = object()
+        async with open_shared(workers=0) as pool:
+            with pytest.raises(harnpool.ArgumentsNotEncodableError, match="object"):
+                await pool.submit(functools.partial(scaled, factor=unstorable), 1)
+            assert pool.statistics().queued == 0
+
+
 class TestRefusals:
     async def test_functions_no_other_process_can_find_are_refused(self, open_shared: Any) -> None:
         async def closure() -> None:
@@ -303,7 +346,8 @@ class TestRefusals:
             lambda: None,
             closure,
             Holder().method,
-            functools.partial(double, 1),
+            functools.partial(lambda n: n, 1),
+            functools.partial(closure),
         ]
         async with open_shared(workers=0) as pool:
             for fn in refused:

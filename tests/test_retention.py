@@ -133,7 +133,7 @@ class TestRetentionWhileOpen:
             await release.wait()
 
         async with harnpool.open_pool(
-            journal_path, max_queued=1, on_full="drop_newest", keep_finished=2
+            journal_path, max_concurrent=1, max_queued=1, on_full="drop_newest", keep_finished=2
         ) as pool:
             running = await pool.submit(blocked)
             await pool.submit(blocked)  # queued (or rejected): the queue is full from here on

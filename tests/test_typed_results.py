@@ -25,7 +25,8 @@ async def make_registered_invoice(number: int) -> Invoice:
 
 async def test_unregistered_result_is_plain_json_until_re_attached(journal_path: Path) -> None:
     async with harnpool.open_pool(journal_path) as pool:
-        task_id = await pool.submit(make_invoice, 2, key="invoice-2")
+        # A plain str: reopened without the function, the result is not an Invoice.
+        task_id: str = await pool.submit(make_invoice, 2, key="invoice-2")
         assert await pool.wait(task_id) == Invoice(2, 3.0)
     async with harnpool.open_pool(journal_path) as pool:
         # The function cannot be found from the journal: plain JSON comes back.

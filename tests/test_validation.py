@@ -171,7 +171,7 @@ class TestSubmitOptions:
         # It used to be stored base64, so the reopened pool knew it under another key.
         async with harnpool.open_pool(journal_path) as pool:
             with pytest.raises(TypeError, match="key"):
-                await pool.submit(noop, key=b"raw")  # type: ignore[arg-type]
+                await pool.submit(noop, key=b"raw")  # type: ignore[call-overload, call-arg]
         assert names(journal_path) == []
 
     async def test_submit_many_checks_every_item_before_adding_any(
@@ -191,7 +191,7 @@ class TestSubmitOptions:
     async def test_a_coroutine_object_names_fn(self, journal_path: Path) -> None:
         async with harnpool.open_pool(journal_path) as pool:
             with pytest.raises(TypeError, match="fn"):
-                await pool.submit(noop())  # type: ignore[arg-type]
+                await pool.submit(noop())  # type: ignore[call-overload]
             with pytest.raises(TypeError, match="fn"):
                 Job(None)  # type: ignore[arg-type]
 

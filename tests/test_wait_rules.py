@@ -31,7 +31,8 @@ class TestUnattached:
     ) -> None:
         with anyio.fail_after(10):
             with pytest.raises(Leave):
-                async with harnpool.open_pool(journal_path) as pool:
+                # One slot: "later" stays queued behind "busy".
+                async with harnpool.open_pool(journal_path, max_concurrent=1) as pool:
                     await pool.submit(hang, key="busy")
                     task_id = await pool.submit(double, 4, key="later")
                     raise Leave

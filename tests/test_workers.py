@@ -131,7 +131,7 @@ class TestOneScopePerWorker:
             await anyio.sleep(0.3)  # longer than the first task's timeout
             return "slower"
 
-        async with harnpool.open_pool(journal_path) as pool:
+        async with harnpool.open_pool(journal_path, max_concurrent=1) as pool:
             with anyio.fail_after(10):
                 first = await pool.submit(quick, timeout=0.05)
                 second = await pool.submit(slower)
@@ -150,7 +150,7 @@ class TestOneScopePerWorker:
         async def broken() -> None:
             raise LookupError("broken")
 
-        async with harnpool.open_pool(journal_path) as pool:
+        async with harnpool.open_pool(journal_path, max_concurrent=1) as pool:
             with anyio.fail_after(10):
                 stuck = await pool.submit(blocked)
                 await started.wait()

@@ -201,7 +201,7 @@ async def test_results_of_several_types_reload(tmp_path: Path) -> None:
         for key, plain in PLAIN.items():
             assert await pool.wait(by_key[key]) == plain, key
         for key, (fn, expected) in RESULTS.items():
-            assert await pool.submit(fn, key=key) == by_key[key]  # type: ignore[arg-type]
+            assert await pool.submit(fn, key=key) == by_key[key]  # type: ignore[call-overload]
             got = await pool.wait(by_key[key])
             assert got == expected, key
             assert type(got) is type(expected), key
