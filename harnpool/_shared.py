@@ -52,6 +52,7 @@ from ._events import emit
 from ._info import PoolStatistics, RecoveryReport, TaskInfo
 from ._loop import threadsafe_caller
 from ._pg import RECONNECTED, Listener, PostgresStore
+from ._pg._writer import GroupWriter
 from ._pool import Pool
 from ._records import FINISHED, Status, TaskRecord
 from ._registry import decode_args, encode_args, registered_name, resolve
@@ -219,6 +220,8 @@ class SharedPool(Pool):
         self._loop_thread = threading.get_ident()
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._limiter = anyio.CapacityLimiter(connections)
+        #: Submits and outcomes, stored by group commit.
+        self._writer = GroupWriter(store, self._owner, self._limiter)
         self._listen_limiter = anyio.CapacityLimiter(1)
         self._outcomes = _Outcomes(settings, shared.name)
         self._runner = _Runner(self._outcomes, shared.workers)
@@ -344,7 +347,7 @@ class SharedPool(Pool):
                 raise TypeError(f"jobs must hold only Job objects, not {type(job).__qualname__}")
         records = [self._prepare(job) for job in jobs]  # every check before any write
         self._check_usable()
-        stored = await self._call(self._store.submit_marked, records)
+        stored = await self._writer.submit(records)
         for record, new in stored:
             if record.status not in FINISHED:
                 self._submitted.add(record.id)
@@ -489,6 +492,7 @@ class SharedPool(Pool):
 
     def _start(self, tg: anyio.abc.TaskGroup) -> None:
         self._runner.start(tg)
+        tg.start_soon(self._writer.run)
         tg.start_soon(self._listen)
         if self._shared.workers:
             tg.start_soon(self._work)
@@ -587,14 +591,8 @@ class SharedPool(Pool):
             self._lease_lost(record)
             return
         try:
-            # Guarded by owner and attempt, so writing again cannot overwrite a newer outcome.
-            if outcome.status is Status.QUEUED:
-                stored = await self._call_again(
-                    self._store.requeue_for_retry, outcome, owner=self._owner, delay=task.delay
-                )
-            else:
-                stored = await self._call_again(self._store.finish, outcome, owner=self._owner)
-        except DatabaseError as exc:
+            stored = await self._write_again(outcome, task.delay)
+        except (DatabaseError, PoolClosedError) as exc:
             # Still failing after a lease: the lease lapses and another claim runs
             # the task again (at least once).
             emit("error", "task.write_failed", pool=self._name, task_id=record.id, error=str(exc))
@@ -634,6 +632,25 @@ class SharedPool(Pool):
         if len(self._done) > _KEEP_DONE:
             del self._done[next(iter(self._done))]
         self._wake_waiters(record.id)
+
+    async def _write_again(self, outcome: TaskRecord, delay: float) -> TaskRecord | None:
+        """Record an outcome by group commit; a failed group is tried again for up to a lease.
+
+        Guarded by owner and attempt, so writing again cannot overwrite a newer outcome.
+
+        Raises:
+            DatabaseError: The database still failed after a lease.
+        """
+        deadline = anyio.current_time() + self._shared.lease
+        wait = 0.01
+        while True:
+            try:
+                return await self._writer.outcome(outcome, delay)
+            except DatabaseError:
+                if anyio.current_time() + wait > deadline:
+                    raise
+            await anyio.sleep(wait)
+            wait = min(wait * 2, 1.0)
 
     def _lease_lost(self, record: TaskRecord) -> None:
         emit(
@@ -700,11 +717,12 @@ class SharedPool(Pool):
             for payload in payloads:
                 if payload == "queued":
                     self._wake_claimer()
-                elif payload.startswith("finished t"):
-                    task_id = payload.removeprefix("finished ")
-                    self._submitted.discard(task_id)
-                    self._wake_waiters(task_id)
-                    self._wake_claimer()  # a slot of the pool is free
+                elif payload.startswith("finished "):
+                    # One notification per group: "finished t<seq> t<seq> ...".
+                    for task_id in payload.split()[1:]:
+                        self._submitted.discard(task_id)
+                        self._wake_waiters(task_id)
+                    self._wake_claimer()  # slots of the pool are free
                 elif payload.startswith("cancel t"):
                     task = self._running.get(payload.removeprefix("cancel "))
                     if task is not None:

@@ -7,6 +7,7 @@ processes do is the same, through the database alone.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import uuid
 from collections.abc import Iterator
@@ -109,6 +110,34 @@ def open_shared(postgres_url: str, pool_name: str) -> Any:
 def _run(dsn: str, query: str, params: Any) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(query, params)
+
+
+@contextlib.contextmanager
+def _poisoned(dsn: str, pool: str) -> Iterator[None]:
+    """Make every COMMIT that inserted the key ``poison`` in ``pool`` fail, for the block.
+
+    A deferred constraint trigger runs at COMMIT, after every statement of the
+    transaction succeeded.
+    """
+    name = f"harnpool_test_poison_{uuid.uuid4().hex[:12]}"
+    _run(
+        dsn,
+        f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        f" IF NEW.pool = '{pool}' AND NEW.key = 'poison' THEN"
+        " RAISE EXCEPTION 'poisoned commit'; END IF; RETURN NULL; END $$",
+        (),
+    )
+    _run(
+        dsn,
+        f"CREATE CONSTRAINT TRIGGER {name} AFTER INSERT ON harnpool_task"
+        f" DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {name}()",
+        (),
+    )
+    try:
+        yield
+    finally:
+        _run(dsn, f"DROP TRIGGER {name} ON harnpool_task", ())
+        _run(dsn, f"DROP FUNCTION {name}()", ())
 
 
 class TestSharing:
@@ -372,3 +401,54 @@ class TestRefusals:
         with pytest.raises(harnpool.DatabaseError):
             async with harnpool.open_pool("postgresql://nobody@/none?host=/nonexistent-harnpool"):
                 pass  # pragma: no cover - never opened
+
+
+class TestGroupCommit:
+    async def test_concurrent_submits_share_one_transaction_and_their_keys(
+        self, open_shared: Any
+    ) -> None:
+        n = 20
+        ids: dict[int, str] = {}
+
+        async def submit(i: int) -> None:
+            ids[i] = await client.submit(double, i, key=f"k{i % 2}")
+
+        with anyio.fail_after(20):
+            async with open_shared(workers=0) as client:
+                store: PostgresStore = client._store
+                before = store.groups
+                async with anyio.create_task_group() as tg:
+                    for i in range(n):
+                        tg.start_soon(submit, i)
+                commits = store.groups - before
+                assert {ids[i] for i in range(0, n, 2)} == {ids[0]}
+                assert {ids[i] for i in range(1, n, 2)} == {ids[1]}
+                assert ids[0] != ids[1]
+                assert client.statistics().queued == 2
+        # Every submit queued while the writer was idle goes into its next transaction.
+        assert 1 <= commits < n
+
+    async def test_a_failed_commit_fails_every_caller_of_its_group(
+        self, open_shared: Any, postgres_dsn: str, pool_name: str
+    ) -> None:
+        errors: list[BaseException] = []
+        ids: list[str] = []
+
+        async def submit(key: str) -> None:
+            try:
+                ids.append(await client.submit(double, 1, key=key))
+            except harnpool.DatabaseError as exc:
+                errors.append(exc)
+
+        with anyio.fail_after(20):
+            async with open_shared(workers=0) as client:
+                with _poisoned(postgres_dsn, pool_name):
+                    async with anyio.create_task_group() as tg:
+                        for key in ("a", "poison", "b"):
+                            tg.start_soon(submit, key)
+                assert ids == []
+                assert [type(e) for e in errors] == [harnpool.DatabaseError] * 3
+                assert len({id(e) for e in errors}) == 3
+                assert client.statistics().queued == 0
+                # The writer goes on with the next group.
+                assert await client.submit(double, 1, key="a")

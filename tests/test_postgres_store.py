@@ -610,3 +610,104 @@ class TestNotifications:
         listener.close()
         with pytest.raises(PoolClosedError):
             listener.wait(0)
+
+
+@pytest.fixture
+def poisoned(store: PostgresStore) -> Iterator[str]:
+    """Make every COMMIT that inserted this pool's key ``poison`` fail; return that key.
+
+    A deferred constraint trigger runs at COMMIT, so the failure comes from the
+    COMMIT itself, after every statement of the transaction succeeded.
+    """
+    name = f"harnpool_test_poison_{uuid.uuid4().hex[:12]}"
+    execute(
+        store.dsn,
+        f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        f" IF NEW.pool = '{store.name}' AND NEW.key = 'poison' THEN"
+        " RAISE EXCEPTION 'poisoned commit'; END IF; RETURN NULL; END $$",
+    )
+    execute(
+        store.dsn,
+        f"CREATE CONSTRAINT TRIGGER {name} AFTER INSERT ON harnpool_task"
+        f" DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {name}()",
+    )
+    yield "poison"
+    execute(store.dsn, f"DROP TRIGGER {name} ON harnpool_task")
+    execute(store.dsn, f"DROP FUNCTION {name}()")
+
+
+class TestGroupWrite:
+    def test_submits_of_one_group_share_keys_and_each_gets_its_own(
+        self, store: PostgresStore
+    ) -> None:
+        written = store.write(submits=[[new("k"), new("a")], [new("b"), new("k")]])
+        (k, k_new), (a, _) = written.submitted[0]
+        (b, _), (k_again, k_again_new) = written.submitted[1]
+        assert (k_new, k_again_new) == (True, False)
+        assert k_again.id == k.id
+        assert len({k.id, a.id, b.id}) == 3
+        assert store.groups == 1
+
+    def test_a_stale_outcome_is_discarded_and_the_fresh_one_stored(
+        self, store: PostgresStore
+    ) -> None:
+        store.submit([new("a"), new("b")])
+        (stale,) = store.claim("me", limit=1, lease=30, max_concurrent=2).started
+        expire_leases(store.dsn, store.name)
+        claim = store.claim("me", limit=2, lease=30, max_concurrent=2)
+        again, fresh = claim.started  # the first again (attempt 2), and the second
+        assert (again.id, again.attempts, fresh.attempts) == (stale.id, 2, 1)
+        written = store.write(
+            outcomes=[(done(stale, b"1"), 0.0), (done(fresh, b"2"), 0.0)], owner="me"
+        )
+        assert written.outcomes[0] is None
+        stored = written.outcomes[1]
+        assert stored is not None
+        assert (stored.id, stored.status) == (fresh.id, Status.COMPLETED)
+        assert store.get(stale.id).status is Status.RUNNING
+        assert bytes(store.get(fresh.id).result) == b"2"  # type: ignore[arg-type]
+
+    def test_a_group_mixes_submits_finishes_and_retries(self, store: PostgresStore) -> None:
+        store.submit([new("a"), new("b")])
+        a, b = store.claim("me", limit=2, lease=30, max_concurrent=2).started
+        retry = msgspec.structs.replace(
+            b, status=Status.QUEUED, error_type="ValueError", error_message="no"
+        )
+        groups = store.groups
+        with store.listen() as listener:
+            written = store.write(
+                submits=[[new("c")]], outcomes=[(done(a), 0.0), (retry, 0.0)], owner="me"
+            )
+            heard = listener.wait(10) + listener.wait(0.2)
+        assert [r.status if r else None for r in written.outcomes] == [
+            Status.COMPLETED,
+            Status.QUEUED,
+        ]
+        assert written.submitted[0][0][0].key == "c"
+        # One transaction, one notification of each kind.
+        assert sorted(heard) == [f"finished {a.id}", "queued"]
+        assert store.groups == groups + 1
+
+    def test_a_failed_commit_stores_nothing_of_the_group(
+        self, store: PostgresStore, poisoned: str
+    ) -> None:
+        store.submit([new("a")])
+        (a,) = store.claim("me", limit=1, lease=30, max_concurrent=1).started
+        groups = store.groups
+        with pytest.raises(DatabaseError, match="poisoned commit"):
+            store.write(
+                submits=[[new("b")], [new(poisoned)]], outcomes=[(done(a), 0.0)], owner="me"
+            )
+        assert store.groups == groups
+        assert store.get(a.id).status is Status.RUNNING
+        assert store.by_key("b") is None
+        assert store.by_key(poisoned) is None
+
+    def test_an_outcome_must_be_final_or_queued(self, store: PostgresStore) -> None:
+        store.submit([new()])
+        (a,) = store.claim("me", limit=1, lease=30, max_concurrent=1).started
+        with pytest.raises(ValueError, match="final status or 'queued'"):
+            store.write(outcomes=[(a, 0.0)], owner="me")
+        with pytest.raises(TypeError, match="owner"):
+            store.write(outcomes=[(done(a), 0.0)])
+        assert store.get(a.id).status is Status.RUNNING

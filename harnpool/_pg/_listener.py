@@ -2,9 +2,11 @@
 
 The store notifies the pool's channel in the same transaction as the change,
 so a notification arrives only once the change is committed: ``queued`` when
-tasks were submitted or put back in the queue, ``finished t<seq>`` when a task
-finished, ``cancel t<seq>`` when cancelling a running task was asked. Several
-notifications of one transaction with the same payload arrive as one.
+tasks were submitted or put back in the queue, ``finished t<seq> t<seq> ...``
+when tasks finished (one notification names every task a group finished, split
+when it would pass PostgreSQL's 8000-byte limit), ``cancel t<seq>`` when
+cancelling a running task was asked. Several notifications of one transaction
+with the same payload arrive as one.
 
 Notifications are hints, never the only signal: one sent while the listener
 was disconnected is lost. So after a lost connection the listener connects
