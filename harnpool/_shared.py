@@ -231,6 +231,9 @@ class SharedPool(Pool):
         self._busy = 0
         self._claim_wanted = anyio.Event()
         self._claiming = shared.workers > 0
+        #: Whether the last claim found the pool at its limit: only then does a
+        #: task finished elsewhere wake the claimer (not every process at every finish).
+        self._at_limit = False
         self._waiters: dict[str, _Waiter] = {}
         #: Unfinished tasks submitted here: leaving the block waits for them.
         self._submitted: set[str] = set()
@@ -348,6 +351,8 @@ class SharedPool(Pool):
         records = [self._prepare(job) for job in jobs]  # every check before any write
         self._check_usable()
         stored = await self._writer.submit(records)
+        if any(new for _, new in stored):
+            self._wake_claimer()  # without waiting for the notification
         for record, new in stored:
             if record.status not in FINISHED:
                 self._submitted.add(record.id)
@@ -525,6 +530,7 @@ class SharedPool(Pool):
                         max_concurrent=settings.max_concurrent,
                         max_recoveries=settings.max_recoveries,
                     )
+                    self._at_limit = claim.at_limit
                     for record in claim.recovered:
                         self._recovered(record)
                     for record in claim.started:
@@ -722,7 +728,8 @@ class SharedPool(Pool):
                     for task_id in payload.split()[1:]:
                         self._submitted.discard(task_id)
                         self._wake_waiters(task_id)
-                    self._wake_claimer()  # slots of the pool are free
+                    if self._at_limit:
+                        self._wake_claimer()  # slots of the pool are free
                 elif payload.startswith("cancel t"):
                     task = self._running.get(payload.removeprefix("cancel "))
                     if task is not None:

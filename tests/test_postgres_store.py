@@ -286,6 +286,16 @@ class TestClaim:
         assert len(store.claim("b", limit=10, lease=30, max_concurrent=3).started) == 1
         assert store.statistics()[Status.RUNNING] == 3
 
+    def test_a_claim_says_whether_the_pool_is_at_its_limit(self, store: PostgresStore) -> None:
+        store.submit([new() for _ in range(3)])
+        first = store.claim("a", limit=1, lease=30, max_concurrent=2)
+        assert (len(first.started), first.at_limit) == (1, False)
+        second = store.claim("b", limit=10, lease=30, max_concurrent=2)
+        assert (len(second.started), second.at_limit) == (1, True)
+        store.finish(done(first.started[0]), owner="a")
+        third = store.claim("a", limit=10, lease=30, max_concurrent=3)
+        assert (len(third.started), third.at_limit) == (1, False)
+
     def test_a_task_waits_for_its_not_before(self, store: PostgresStore) -> None:
         store.submit([new()])
         (started,) = store.claim("me", limit=1, lease=30, max_concurrent=1).started

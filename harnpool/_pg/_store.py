@@ -136,6 +136,11 @@ WITH picked AS (
 SELECT {_COLUMNS} FROM claimed ORDER BY priority DESC, seq
 """
 
+_RUNNING: Final = """
+SELECT count(*) >= %(max_concurrent)s FROM harnpool_task
+WHERE pool = %(pool)s AND status = 'running'
+"""
+
 _RENEW: Final = """
 UPDATE harnpool_task SET lease_until = statement_timestamp() + make_interval(secs => %(lease)s)
 WHERE pool = %(pool)s AND status = 'running' AND owner = %(owner)s
@@ -239,10 +244,13 @@ class Claim(msgspec.Struct, frozen=True, kw_only=True):
         recovered: Tasks whose lease had expired: queued again (``recoveries``
             went up), or ``cancelled`` if cancelling was asked, or ``failed``
             once they had used up ``max_recoveries``.
+        at_limit: Whether ``max_concurrent`` tasks of the pool ran once the
+            claim was done: a finished task then frees a slot to claim.
     """
 
     started: list[TaskRecord]
     recovered: list[TaskRecord]
+    at_limit: bool = False
 
 
 class Written(msgspec.Struct, frozen=True, kw_only=True):
@@ -772,9 +780,12 @@ class PostgresStore:
                 conn.execute(_LOCK, (_schema.LOCK_CLASS, self.name))
                 expired = conn.execute(_RECLAIM, params)
                 claimed = conn.execute(_CLAIM, params)
+                running = conn.execute(_RUNNING, params)
+            full = running.fetchone()
             return Claim(
                 started=[_record(row) for row in claimed.fetchall()],
                 recovered=[_record(row) for row in expired.fetchall()],
+                at_limit=full is not None and bool(full[0]),
             )
 
     def renew(self, owner: str, *, lease: float) -> Renewal:
