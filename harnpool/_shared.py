@@ -51,7 +51,7 @@ from ._errors import DatabaseError, PoolClosedError, UnknownTaskError, WaitTimeo
 from ._events import emit
 from ._info import PoolStatistics, RecoveryReport, TaskInfo
 from ._loop import threadsafe_caller
-from ._pg import RECONNECTED, Listener, PostgresStore
+from ._pg import RECONNECTED, Claim, ClaimRequest, Listener, PostgresStore
 from ._pg._writer import GroupWriter
 from ._pool import Pool
 from ._records import FINISHED, Status, TaskRecord
@@ -220,8 +220,16 @@ class SharedPool(Pool):
         self._loop_thread = threading.get_ident()
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._limiter = anyio.CapacityLimiter(connections)
-        #: Submits and outcomes, stored by group commit.
-        self._writer = GroupWriter(store, self._owner, self._limiter)
+        #: Submits, outcomes and claims, stored by group commit.
+        self._writer = GroupWriter(
+            store,
+            self._owner,
+            self._limiter,
+            claim_for=self._claim_request,
+            claimed=self._claimed,
+        )
+        #: Where claimed tasks run, while the claimer runs.
+        self._task_group: anyio.abc.TaskGroup | None = None
         self._listen_limiter = anyio.CapacityLimiter(1)
         self._outcomes = _Outcomes(settings, shared.name)
         self._runner = _Runner(self._outcomes, shared.workers)
@@ -510,34 +518,54 @@ class SharedPool(Pool):
         try:
             with self._runner.scope:
                 async with anyio.create_task_group() as tg:
-                    await self._claim_loop(tg)
+                    self._task_group = tg
+                    try:
+                        await self._claim_loop()
+                        # A claim formed before claiming stopped starts its tasks here.
+                        await self._writer.settle()
+                    finally:
+                        self._task_group = None
         finally:
             self._work_done.set()
 
-    async def _claim_loop(self, tg: anyio.abc.TaskGroup) -> None:
+    def _claim_request(self) -> ClaimRequest | None:
+        """The claim the writer's next group makes: this process's free workers, if any.
+
+        A task's worker is free once its outcome is queued: the group that
+        records the outcome claims the next task, in the same transaction.
+        """
+        free = self._shared.workers - self._busy
+        if not self._claiming or self._task_group is None or free <= 0:
+            return None
         settings = self._settings
+        return ClaimRequest(
+            limit=free,
+            lease=self._shared.lease,
+            max_concurrent=settings.max_concurrent,
+            max_recoveries=settings.max_recoveries,
+        )
+
+    def _claimed(self, claim: Claim) -> None:
+        """Start what a group claimed."""
+        self._at_limit = claim.at_limit
+        for record in claim.recovered:
+            self._recovered(record)
+        tg = self._task_group
+        if tg is None:
+            return  # abandoned: the tasks stay running until their lease expires
+        for record in claim.started:
+            self._busy += 1
+            task = self._running[record.id] = _Claimed(record)
+            tg.start_soon(self._run_claimed, task)
+
+    async def _claim_loop(self) -> None:
         while self._claiming:
             self._claim_wanted = anyio.Event()
-            free = self._shared.workers - self._busy
             delay = POLL
-            if free > 0:
+            if self._shared.workers - self._busy > 0:
                 try:
-                    claim = await self._call(
-                        self._store.claim,
-                        self._owner,
-                        limit=free,
-                        lease=self._shared.lease,
-                        max_concurrent=settings.max_concurrent,
-                        max_recoveries=settings.max_recoveries,
-                    )
-                    self._at_limit = claim.at_limit
-                    for record in claim.recovered:
-                        self._recovered(record)
-                    for record in claim.started:
-                        self._busy += 1
-                        task = self._running[record.id] = _Claimed(record)
-                        tg.start_soon(self._run_claimed, task)
-                    if not claim.started:
+                    claim = await self._writer.claim()
+                    if claim is not None and not claim.started:
                         due = await self._call(self._store.seconds_until_due)
                         if due is not None and due > 0:
                             delay = min(POLL, due)
@@ -562,6 +590,7 @@ class SharedPool(Pool):
     async def _run_claimed(self, task: _Claimed) -> None:
         record = task.record
         emit("debug", "task.started", pool=self._name, task_id=record.id, key=record.key)
+        freed = False
         try:
             try:
                 fn = self._resolve(record.name)
@@ -583,12 +612,23 @@ class SharedPool(Pool):
                     self._outcomes.end(task, Status.CANCELLED, reason="cancelled")
                 elif not task.lost:
                     await self._runner._attempt(task, fn)
-            del self._running[record.id]
+            self._forget(task)
+            # The worker is free once the outcome is queued: the group that
+            # records it claims for this slot too.
+            self._busy -= 1
+            freed = True
             await self._write(task)
         finally:
-            self._running.pop(record.id, None)
-            self._busy -= 1
+            self._forget(task)
+            if not freed:
+                self._busy -= 1
             self._wake_claimer()
+
+    def _forget(self, task: _Claimed) -> None:
+        # The group that records a retry may claim the task again at once:
+        # then the entry is its next attempt's, not this one's.
+        if self._running.get(task.record.id) is task:
+            del self._running[task.record.id]
 
     async def _write(self, task: _Claimed) -> None:
         """Write how ``task``'s attempt ended, if this process still owns it."""

@@ -17,7 +17,13 @@ import pytest
 psycopg = pytest.importorskip("psycopg")
 
 from harnpool import DatabaseError, PoolClosedError, SchemaVersionError, UnknownTaskError  # noqa: E402
-from harnpool._pg import RECONNECTED, SCHEMA_VERSION, PostgresStore  # noqa: E402
+from harnpool._pg import (  # noqa: E402
+    RECONNECTED,
+    SCHEMA_VERSION,
+    Claim,
+    ClaimRequest,
+    PostgresStore,
+)
 from harnpool._pg._store import _CLAIM, _PRUNE  # noqa: E402
 from harnpool._records import Status, TaskRecord  # noqa: E402
 
@@ -712,6 +718,42 @@ class TestGroupWrite:
         assert store.get(a.id).status is Status.RUNNING
         assert store.by_key("b") is None
         assert store.by_key(poisoned) is None
+
+    def test_a_group_claims_the_slot_its_outcome_frees(self, store: PostgresStore) -> None:
+        store.submit([new("a"), new("b")])
+        (a,) = store.claim("me", limit=1, lease=30, max_concurrent=1).started
+        request = ClaimRequest(limit=1, lease=30, max_concurrent=1)
+        # Claimed alone, the limit is reached; after the finish, in the same transaction, not.
+        assert store.write(claim=request, owner="me").claim == Claim(
+            started=[], recovered=[], at_limit=True
+        )
+        written = store.write(outcomes=[(done(a), 0.0)], claim=request, owner="me")
+        assert written.claim is not None
+        assert [r.key for r in written.claim.started] == ["b"]
+        assert store.statistics()[Status.RUNNING] == 1
+
+    def test_a_claim_skips_an_expired_row_another_transaction_holds(
+        self, store: PostgresStore
+    ) -> None:
+        (record,) = store.submit([new()])
+        store.claim("dead", limit=1, lease=30, max_concurrent=1)
+        expire_leases(store.dsn, store.name)
+        with psycopg.connect(store.dsn) as holder:
+            # As a group finishing it would: the row is locked until COMMIT.
+            holder.execute("SELECT 1 FROM harnpool_task WHERE seq = %s FOR UPDATE", (record.seq,))
+            claims: list[Claim] = []
+            claimer = threading.Thread(
+                target=lambda: claims.append(
+                    store.claim("alive", limit=1, lease=30, max_concurrent=1)
+                )
+            )
+            claimer.start()
+            claimer.join(timeout=10)
+            assert not claimer.is_alive()  # it did not wait for the row
+            assert claims[0].recovered == []
+            holder.rollback()
+        (recovered,) = store.claim("alive", limit=1, lease=30, max_concurrent=1).recovered
+        assert recovered.id == record.id
 
     def test_an_outcome_must_be_final_or_queued(self, store: PostgresStore) -> None:
         store.submit([new()])

@@ -49,7 +49,16 @@ from . import _schema
 if TYPE_CHECKING:
     from ._listener import Listener
 
-__all__ = ["Claim", "Lease", "PostgresStore", "Renewal", "Written", "channel_for", "task_seq"]
+__all__ = [
+    "Claim",
+    "ClaimRequest",
+    "Lease",
+    "PostgresStore",
+    "Renewal",
+    "Written",
+    "channel_for",
+    "task_seq",
+]
 
 _Conn = psycopg.Connection[TupleRow]
 
@@ -80,6 +89,9 @@ RETURNING {_COLUMNS}
 
 # A task whose lease expired goes back to the queue at its old place, unless
 # cancelling it was asked (then it is cancelled) or it has used up its recoveries.
+# A row another transaction holds is skipped (its owner is finishing it, or
+# another claimer reclaims it): whoever holds the pool's lock never waits for a
+# row, so a group that holds rows and waits for the lock cannot deadlock with it.
 _RECLAIM: Final = f"""
 WITH expired AS (
     UPDATE harnpool_task SET
@@ -103,6 +115,10 @@ WITH expired AS (
         owner = NULL,
         lease_until = NULL
     WHERE pool = %(pool)s AND status = 'running' AND lease_until < statement_timestamp()
+        AND seq = any(array(
+            SELECT seq FROM harnpool_task
+            WHERE pool = %(pool)s AND status = 'running' AND lease_until < statement_timestamp()
+            FOR UPDATE SKIP LOCKED))
     RETURNING *
 )
 SELECT {_COLUMNS}, CASE WHEN status = 'queued' THEN pg_notify(%(channel)s, 'queued')::text END
@@ -253,6 +269,15 @@ class Claim(msgspec.Struct, frozen=True, kw_only=True):
     at_limit: bool = False
 
 
+class ClaimRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A claim's arguments; see :meth:`PostgresStore.claim`."""
+
+    limit: int
+    lease: float
+    max_concurrent: int
+    max_recoveries: int | None = None
+
+
 class Written(msgspec.Struct, frozen=True, kw_only=True):
     """What one group's transaction stored; see :meth:`PostgresStore.write`.
 
@@ -261,10 +286,12 @@ class Written(msgspec.Struct, frozen=True, kw_only=True):
             :meth:`PostgresStore.submit_marked` returns for it.
         outcomes: For each outcome of the group, in order, the stored record,
             or None if the attempt was no longer the owner's (discarded).
+        claim: What the group's claim did, if it asked for one.
     """
 
     submitted: list[list[tuple[TaskRecord, bool]]]
     outcomes: list[TaskRecord | None]
+    claim: Claim | None = None
 
 
 class Renewal(msgspec.Struct, frozen=True, kw_only=True):
@@ -588,6 +615,7 @@ class PostgresStore:
         submits: Sequence[Sequence[TaskRecord]] = (),
         outcomes: Sequence[tuple[TaskRecord, float]] = (),
         owner: str | None = None,
+        claim: ClaimRequest | None = None,
     ) -> Written:
         """Store a group of changes in one transaction: new tasks, and attempts' outcomes.
 
@@ -605,7 +633,10 @@ class PostgresStore:
                 ``delay`` seconds from now, as :meth:`requeue_for_retry` does.
                 Each is guarded by status, attempt and ``owner``: a stale one
                 changes nothing and gets None, the others are still stored.
-            owner: Who ran the attempts; required when there are outcomes.
+            owner: Who ran the attempts; required when there are outcomes or
+                a claim.
+            claim: Also claim tasks for ``owner``, as :meth:`claim` does,
+                after the outcomes: a slot they free can be claimed at once.
 
         Raises:
             TypeError, ValueError: An argument has the wrong type or value;
@@ -620,8 +651,10 @@ class PostgresStore:
                 )
         finishes: list[TaskRecord] = []
         retries: list[tuple[TaskRecord, float]] = []
-        if outcomes:
-            owner = _check_text(owner, "owner")
+        who = ""
+        if outcomes or claim is not None:
+            who = _check_text(owner, "owner")
+        claim_params = None if claim is None else self._claim_params(who, claim)
         for record, delay in outcomes:
             if record.status is Status.QUEUED:
                 retries.append((record, _check_seconds(delay, "delay")))
@@ -631,7 +664,7 @@ class PostgresStore:
                 raise ValueError(
                     f"an outcome takes a final status or 'queued', not {record.status.value!r}"
                 )
-        if not records and not outcomes:
+        if not records and not outcomes and claim_params is None:
             return Written(submitted=[[] for _ in submits], outcomes=[])
         stored: dict[int, TaskRecord] = {}
         notices: list[str] = []
@@ -645,7 +678,7 @@ class PostgresStore:
                     _FINISH,
                     {
                         "pool": self.name,
-                        "owner": owner,
+                        "owner": who,
                         "seq": [r.seq for r in finishes],
                         "attempts": [r.attempts for r in finishes],
                         "status": [r.status.value for r in finishes],
@@ -662,7 +695,7 @@ class PostgresStore:
                     _REQUEUE,
                     {
                         "pool": self.name,
-                        "owner": owner,
+                        "owner": who,
                         "seq": [r.seq for r, _ in retries],
                         "attempts": [r.attempts for r, _ in retries],
                         "delay": [delay for _, delay in retries],
@@ -682,6 +715,11 @@ class PostgresStore:
                     "SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p",
                     (self.channel, list(dict.fromkeys(notices))),
                 )
+            # Last, so the pool's lock is held for as short a time as the group allows.
+            claimed = None
+            if claim_params is not None:
+                with conn.pipeline():
+                    claimed = self._claim(conn, claim_params)
         self.groups += 1
         submitted: list[list[tuple[TaskRecord, bool]]] = []
         at = 0
@@ -689,7 +727,9 @@ class PostgresStore:
             submitted.append(marked[at : at + len(batch)])
             at += len(batch)
         return Written(
-            submitted=submitted, outcomes=[stored.get(record.seq) for record, _ in outcomes]
+            submitted=submitted,
+            outcomes=[stored.get(record.seq) for record, _ in outcomes],
+            claim=claimed,
         )
 
     def _insert(
@@ -760,33 +800,47 @@ class PostgresStore:
             TypeError, ValueError: An argument has the wrong type or value.
             DatabaseError: The database failed; nothing was claimed.
         """
-        params = {
+        request = ClaimRequest(
+            limit=limit, lease=lease, max_concurrent=max_concurrent, max_recoveries=max_recoveries
+        )
+        params = self._claim_params(_check_text(owner, "owner"), request)
+        with self._connection("claiming") as conn, conn.pipeline(), conn.transaction():
+            return self._claim(conn, params)
+
+    def _claim_params(self, owner: str, request: ClaimRequest) -> dict[str, Any]:
+        lease = _check_seconds(request.lease, "lease")
+        if lease == 0:
+            raise ValueError("lease must be more than 0 seconds")
+        max_recoveries = request.max_recoveries
+        return {
             "pool": self.name,
             "channel": self.channel,
-            "owner": _check_text(owner, "owner"),
-            "limit": _check_int(limit, "limit", 1),
-            "lease": _check_seconds(lease, "lease"),
-            "max_concurrent": _check_int(max_concurrent, "max_concurrent", 1),
+            "owner": owner,
+            "limit": _check_int(request.limit, "limit", 1),
+            "lease": lease,
+            "max_concurrent": _check_int(request.max_concurrent, "max_concurrent", 1),
             "max_recoveries": (
                 None if max_recoveries is None else _check_int(max_recoveries, "max_recoveries", 0)
             ),
         }
-        if params["lease"] == 0:
-            raise ValueError("lease must be more than 0 seconds")
-        with self._connection("claiming") as conn:
-            # One round trip (a pipeline), yet three statements: the claim's
-            # snapshot is taken once the lock is held and the reclaim is done.
-            with conn.pipeline(), conn.transaction():
-                conn.execute(_LOCK, (_schema.LOCK_CLASS, self.name))
-                expired = conn.execute(_RECLAIM, params)
-                claimed = conn.execute(_CLAIM, params)
-                running = conn.execute(_RUNNING, params)
-            full = running.fetchone()
-            return Claim(
-                started=[_record(row) for row in claimed.fetchall()],
-                recovered=[_record(row) for row in expired.fetchall()],
-                at_limit=full is not None and bool(full[0]),
-            )
+
+    @staticmethod
+    def _claim(conn: _Conn, params: dict[str, Any]) -> Claim:
+        """Claim in the caller's transaction, in pipeline mode.
+
+        One round trip, yet four statements: the claim's snapshot is taken
+        once the lock is held and the reclaim is done.
+        """
+        conn.execute(_LOCK, (_schema.LOCK_CLASS, params["pool"]))
+        expired = conn.execute(_RECLAIM, params)
+        claimed = conn.execute(_CLAIM, params)
+        running = conn.execute(_RUNNING, params)
+        full = running.fetchone()
+        return Claim(
+            started=[_record(row) for row in claimed.fetchall()],
+            recovered=[_record(row) for row in expired.fetchall()],
+            at_limit=full is not None and bool(full[0]),
+        )
 
     def renew(self, owner: str, *, lease: float) -> Renewal:
         """Extend the lease of every task ``owner`` runs to ``lease`` seconds from now.

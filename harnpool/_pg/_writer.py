@@ -18,18 +18,21 @@ discarded on its own (its caller gets None); the rest of the group is stored.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import anyio
+import psycopg
 
 from .._errors import DatabaseError, PoolClosedError
 from .._records import TaskRecord
-from ._store import PostgresStore, Written
+from ._store import Claim, ClaimRequest, PostgresStore, Written
 
 __all__ = ["GroupWriter"]
 
 _INT64: Final = range(-(2**63), 2**63)
+#: How many times a group is written again after the server chose it as a deadlock's victim.
+_DEADLOCK_RETRIES: Final = 3
 
 
 class _Request:
@@ -52,6 +55,17 @@ class _Request:
         self.stored: TaskRecord | None = None
 
 
+class _GroupEnd:
+    """The end of one group: its claim, or its error, once it committed or failed."""
+
+    __slots__ = ("claim", "done", "error")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.claim: Claim | None = None
+        self.error: BaseException | None = None
+
+
 class GroupWriter:
     """Takes what its callers queued and writes it to the store by groups.
 
@@ -63,14 +77,61 @@ class GroupWriter:
         groups: How many groups were committed.
     """
 
-    def __init__(self, store: PostgresStore, owner: str, limiter: anyio.CapacityLimiter) -> None:
+    def __init__(
+        self,
+        store: PostgresStore,
+        owner: str,
+        limiter: anyio.CapacityLimiter,
+        *,
+        claim_for: Callable[[], ClaimRequest | None] = lambda: None,
+        claimed: Callable[[Claim], None] = lambda claim: None,
+    ) -> None:
+        """Args:
+        store: Where the groups go.
+        owner: Who runs the attempts whose outcomes are recorded, and claims.
+        limiter: The threads the store's calls run in.
+        claim_for: Called as each group is formed: the claim it should make
+            (the slots free once its outcomes are written), or None.
+        claimed: Called with what a group claimed, before its callers are told.
+        """
         self._store = store
         self._owner = owner
         self._limiter = limiter
+        self._claim_for = claim_for
+        self._claimed = claimed
         self._pending: list[_Request] = []
         self._wanted = anyio.Event()
+        self._claim_wanted = False
+        self._next = _GroupEnd()
+        self._writing: _GroupEnd | None = None
         self._closed = False
         self.groups = 0
+
+    async def claim(self) -> Claim | None:
+        """Have the next group claim what ``claim_for`` asks for, and wait for it.
+
+        Returns:
+            What it claimed, or None if ``claim_for`` asked for nothing then.
+
+        Raises:
+            DatabaseError: The group's transaction failed; nothing was claimed.
+            PoolClosedError: The writer has stopped.
+        """
+        if self._closed:
+            raise PoolClosedError(f"the pool {self._store.name!r} is closed")
+        end = self._next
+        self._claim_wanted = True
+        self._wanted.set()
+        await end.done.wait()
+        if end.error is not None:
+            raise _own(end.error)
+        return end.claim
+
+    async def settle(self) -> None:
+        """Wait for the group being written, if any, to end."""
+        writing = self._writing
+        if writing is not None:
+            await writing.done.wait()
 
     async def submit(self, records: Sequence[TaskRecord]) -> list[tuple[TaskRecord, bool]]:
         """Store new tasks in the next group; what :meth:`PostgresStore.submit_marked` returns.
@@ -114,52 +175,93 @@ class GroupWriter:
         self._wanted.set()
         await request.done.wait()
         if request.error is not None:
-            error = request.error
-            if isinstance(error, DatabaseError):
-                # One exception object per caller: each raises and chains its own.
-                raise DatabaseError(str(error), pool=error.pool) from error
-            raise error
+            raise _own(request.error)
         return request
 
     async def run(self) -> None:
         """Write every group queued, one transaction at a time, until cancelled."""
         try:
             while True:
-                if not self._pending:
+                if not self._pending and not self._claim_wanted:
                     await self._wanted.wait()
                 self._wanted = anyio.Event()
                 group, self._pending = self._pending, []
+                self._claim_wanted = False
+                end, self._next = self._next, _GroupEnd()
+                self._writing = end
                 # Shielded: once a group is being written, its callers learn how it ended.
                 with anyio.CancelScope(shield=True):
-                    await self._write(group)
+                    await self._write(group, end)
+                self._writing = None
         finally:
             self._closed = True
+            closed = PoolClosedError(f"the pool {self._store.name!r} is closed")
             pending, self._pending = self._pending, []
             for request in pending:
-                request.error = PoolClosedError(f"the pool {self._store.name!r} is closed")
+                request.error = closed
                 request.done.set()
+            for ending in (self._writing, self._next):
+                if ending is not None and not ending.done.is_set():
+                    ending.error = closed
+                    ending.done.set()
 
-    async def _write(self, group: list[_Request]) -> None:
+    async def _write(self, group: list[_Request], end: _GroupEnd) -> None:
         submits = [r.records for r in group if r.records is not None]
         outcomes = [(r.outcome, r.delay) for r in group if r.outcome is not None]
-        try:
-            written: Written = await anyio.to_thread.run_sync(
-                functools.partial(
-                    self._store.write, submits=submits, outcomes=outcomes, owner=self._owner
-                ),
-                limiter=self._limiter,
+        claim = self._claim_for()
+        written: Written | None = None
+        if group or claim is not None:
+            write = functools.partial(
+                self._store.write,
+                submits=submits,
+                outcomes=outcomes,
+                owner=self._owner,
+                claim=claim,
             )
-        except Exception as exc:
+            for retry in range(_DEADLOCK_RETRIES + 1):
+                try:
+                    written = await anyio.to_thread.run_sync(write, limiter=self._limiter)
+                    break
+                except DatabaseError as exc:
+                    # The server rolled the victim back whole: writing it again is safe.
+                    if retry < _DEADLOCK_RETRIES and isinstance(
+                        exc.__cause__, psycopg.errors.DeadlockDetected
+                    ):
+                        continue
+                    self._fail(group, end, exc)
+                    return
+                except Exception as exc:
+                    self._fail(group, end, exc)
+                    return
+        if written is not None:
+            self.groups += 1
+            if written.claim is not None:
+                end.claim = written.claim
+                self._claimed(written.claim)
+            submitted = iter(written.submitted)
+            stored = iter(written.outcomes)
             for request in group:
-                request.error = exc
-                request.done.set()
-            return
-        self.groups += 1
-        submitted = iter(written.submitted)
-        stored = iter(written.outcomes)
+                if request.records is not None:
+                    request.submitted = next(submitted)
+                if request.outcome is not None:
+                    request.stored = next(stored)
         for request in group:
-            if request.records is not None:
-                request.submitted = next(submitted)
-            if request.outcome is not None:
-                request.stored = next(stored)
             request.done.set()
+        end.done.set()
+
+    @staticmethod
+    def _fail(group: list[_Request], end: _GroupEnd, exc: Exception) -> None:
+        for request in group:
+            request.error = exc
+            request.done.set()
+        end.error = exc
+        end.done.set()
+
+
+def _own(error: BaseException) -> BaseException:
+    """The exception one caller raises: its own object, chained to the group's."""
+    if isinstance(error, DatabaseError):
+        own = DatabaseError(str(error), pool=error.pool)
+        own.__cause__ = error
+        return own
+    return error
