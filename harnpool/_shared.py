@@ -358,9 +358,8 @@ class SharedPool(Pool):
                 raise TypeError(f"jobs must hold only Job objects, not {type(job).__qualname__}")
         records = [self._prepare(job) for job in jobs]  # every check before any write
         self._check_usable()
+        # The group that stores them also claims for this process's free workers.
         stored = await self._writer.submit(records)
-        if any(new for _, new in stored):
-            self._wake_claimer()  # without waiting for the notification
         for record, new in stored:
             if record.status not in FINISHED:
                 self._submitted.add(record.id)
@@ -590,7 +589,7 @@ class SharedPool(Pool):
     async def _run_claimed(self, task: _Claimed) -> None:
         record = task.record
         emit("debug", "task.started", pool=self._name, task_id=record.id, key=record.key)
-        freed = False
+        freed = claimed = False
         try:
             try:
                 fn = self._resolve(record.name)
@@ -617,12 +616,13 @@ class SharedPool(Pool):
             # records it claims for this slot too.
             self._busy -= 1
             freed = True
-            await self._write(task)
+            claimed = await self._write(task)
         finally:
             self._forget(task)
             if not freed:
                 self._busy -= 1
-            self._wake_claimer()
+            if not claimed:
+                self._wake_claimer()
 
     def _forget(self, task: _Claimed) -> None:
         # The group that records a retry may claim the task again at once:
@@ -630,22 +630,27 @@ class SharedPool(Pool):
         if self._running.get(task.record.id) is task:
             del self._running[task.record.id]
 
-    async def _write(self, task: _Claimed) -> None:
-        """Write how ``task``'s attempt ended, if this process still owns it."""
+    async def _write(self, task: _Claimed) -> bool:
+        """Write how ``task``'s attempt ended, if this process still owns it.
+
+        Returns:
+            Whether a group committed it (that group also claimed for the free
+            workers) and no retry of it is waiting to be due.
+        """
         record, outcome = task.record, task.outcome
         if task.lost or outcome is None:
             self._lease_lost(record)
-            return
+            return False
         try:
             stored = await self._write_again(outcome, task.delay)
         except (DatabaseError, PoolClosedError) as exc:
             # Still failing after a lease: the lease lapses and another claim runs
             # the task again (at least once).
             emit("error", "task.write_failed", pool=self._name, task_id=record.id, error=str(exc))
-            return
+            return False
         if stored is None:
             self._lease_lost(record)
-            return
+            return True
         if stored.status is Status.QUEUED:
             emit(
                 "warning",
@@ -657,7 +662,7 @@ class SharedPool(Pool):
                 delay=round(task.delay, 3),
                 error=f"{stored.error_type}: {stored.error_message}",
             )
-            return
+            return False  # the claimer learns when the retry is due
         if stored.status is Status.FAILED:
             emit(
                 "warning",
@@ -678,6 +683,7 @@ class SharedPool(Pool):
         if len(self._done) > _KEEP_DONE:
             del self._done[next(iter(self._done))]
         self._wake_waiters(record.id)
+        return True
 
     async def _write_again(self, outcome: TaskRecord, delay: float) -> TaskRecord | None:
         """Record an outcome by group commit; a failed group is tried again for up to a lease.
