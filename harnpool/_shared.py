@@ -442,6 +442,9 @@ class SharedPool(Pool):
         record = await self._call(self._store.cancel, task_id)
         if record.status is Status.CANCELLED and before.status is Status.QUEUED:
             emit("info", "task.cancelled", pool=self._name, task_id=task_id, key=record.key)
+        if record.status in FINISHED:
+            self._submitted.discard(task_id)
+            self._wake_waiters(task_id)  # the listener drops this process's own notification
         task = self._running.get(task_id)
         if task is not None:
             self._cancel_here(task)
@@ -844,7 +847,8 @@ async def serve_shared(
         )
         counts = await anyio.to_thread.run_sync(store.statistics)
         reader = PostgresStore(dsn, shared.name, connections=1)
-        listener = await anyio.to_thread.run_sync(store.listen)
+        # This process learns of its own changes at once, not from the server.
+        listener = await anyio.to_thread.run_sync(functools.partial(store.listen, ignore_own=True))
         pool = SharedPool(store, reader, listener, settings, shared, connections)
         total = sum(counts.values())
         queued = counts[Status.QUEUED] + counts[Status.RUNNING]

@@ -763,3 +763,18 @@ class TestGroupWrite:
         with pytest.raises(TypeError, match="owner"):
             store.write(outcomes=[(done(a), 0.0)])
         assert store.get(a.id).status is Status.RUNNING
+
+
+class TestOwnNotifications:
+    def test_a_listener_can_drop_what_its_own_store_sent(
+        self, open_store: Callable[..., PostgresStore], pool_name: str
+    ) -> None:
+        mine, theirs = open_store(pool_name), open_store(pool_name)
+        with mine.listen(ignore_own=True) as listener:
+            mine.submit([new("mine")])
+            theirs.submit([new("theirs")])
+            heard = listener.wait(10)
+            heard += listener.wait(0.2)
+            assert heard == ["queued"]  # theirs only
+            assert mine.backend_pids()
+            assert not mine.backend_pids() & theirs.backend_pids()

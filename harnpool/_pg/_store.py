@@ -437,6 +437,8 @@ class _Connections:
         self._idle: list[_Conn] = []
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(size)
+        #: The server process of each open connection, by connection.
+        self._pids: dict[int, int] = {}
         self.closed = False
 
     def take(self) -> _Conn:
@@ -447,10 +449,24 @@ class _Connections:
                     raise PoolClosedError("the PostgreSQL store is closed")
                 if self._idle:
                     return self._idle.pop()
-            return psycopg.connect(self._dsn, autocommit=True, fallback_application_name="harnpool")
+            conn = psycopg.connect(self._dsn, autocommit=True, fallback_application_name="harnpool")
+            with self._lock:
+                self._pids[id(conn)] = conn.info.backend_pid
+            return conn
         except BaseException:
             self._slots.release()
             raise
+
+    def pids(self) -> frozenset[int]:
+        """The server processes of the open connections."""
+        with self._lock:
+            return frozenset(self._pids.values())
+
+    def _closing(self, conn: _Conn) -> None:
+        # Forgotten before the server process ends: its pid may serve another client next.
+        with self._lock:
+            self._pids.pop(id(conn), None)
+        conn.close()
 
     def give(self, conn: _Conn) -> None:
         try:
@@ -463,7 +479,7 @@ class _Connections:
                     if keep:
                         self._idle.append(conn)
             if not keep:
-                conn.close()
+                self._closing(conn)
         finally:
             self._slots.release()
 
@@ -472,7 +488,7 @@ class _Connections:
             self.closed = True
             idle, self._idle = self._idle, []
         for conn in idle:
-            conn.close()
+            self._closing(conn)
 
 
 class PostgresStore:
@@ -1049,11 +1065,20 @@ class PostgresStore:
 
     # -- notifications ------------------------------------------------------------------
 
-    def listen(self) -> Listener:
-        """Open a listener on the pool's channel (its own connection)."""
+    def listen(self, *, ignore_own: bool = False) -> Listener:
+        """Open a listener on the pool's channel (its own connection).
+
+        Args:
+            ignore_own: Drop the notifications this store's own connections
+                sent: a process that made a change knows of it already.
+        """
         from ._listener import Listener
 
-        return Listener(self)
+        return Listener(self, ignore_own=ignore_own)
+
+    def backend_pids(self) -> frozenset[int]:
+        """The server processes of the store's open connections (what notifications name)."""
+        return self._connections.pids()
 
     def notify(self, channel: str, payload: str) -> None:
         """Send ``payload`` on ``channel`` (committed at once)."""
