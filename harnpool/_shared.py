@@ -2,24 +2,31 @@
 
 Where the journal's pool keeps every task in memory and appends each change to
 its log, a shared pool keeps nothing but what this process is running: every
-task lives in the database (:class:`._pg.PostgresStore`), and every change is
-one transaction there.
+task lives in the database (:class:`._pg.PostgresStore`). Its changes go to
+the database by group commit, as the journal's go to its file: one writer per
+process (:class:`._pg._writer.GroupWriter`) takes every submit, outcome and
+claim queued since its last transaction into the next one, and nobody is told
+of a change before its transaction committed.
 
-* Submitting stores the tasks in one transaction; the database numbers them
-  and deduplicates keys across every process of the pool.
-* A claimer takes queued tasks for this process's free workers, under the
-  pool's limit across every process, and runs each with the journal pool's
-  attempt logic (:class:`._worker.Workers`: timeouts, thread slots,
-  cancellation rules, result encoding); its outcome, and the retry policy's
-  decision, is then written guarded by owner and attempt.
+* Submitting stores the tasks in the writer's next group; the database numbers
+  them and deduplicates keys across every caller and every process of the pool.
+* Each group also claims queued tasks for this process's free workers (a
+  worker is free once its attempt's outcome is queued), under the pool's limit
+  across every process, and runs each with the journal pool's attempt logic
+  (:class:`._worker.Workers`: timeouts, thread slots, cancellation rules,
+  result encoding); its outcome, and the retry policy's decision, is then
+  written guarded by owner and attempt. A claimer asks for a group of its own
+  when it learns of work no group claimed: a notification, a retry coming due,
+  the poll.
 * A renewer extends the leases of the running tasks every ``lease / 3``
   seconds in one statement. A task whose lease another process reclaimed, or
   every task once renewing has failed for ``lease`` seconds, is stopped here
   and its outcome discarded.
-* A listener thread receives the pool's notifications: a queued task or a
-  freed slot wakes the claimer, a finished task wakes its waiters, a cancel
-  reaches the task's owner. Notifications are hints: waiters and the claimer
-  also poll about once a second, and at once after a lost connection.
+* A listener thread receives other processes' notifications: a queued task,
+  or a freed slot while the pool is at its limit, wakes the claimer, a
+  finished task wakes its waiters, a cancel reaches the task's owner.
+  Notifications are hints: waiters and the claimer also poll about once a
+  second, and at once after a lost connection.
 
 Blocking database calls run in threads (``anyio.to_thread``), never on the
 event loop, except the synchronous reads :meth:`SharedPool.info`,
