@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +138,30 @@ def _poisoned(dsn: str, pool: str) -> Iterator[None]:
     finally:
         _run(dsn, f"DROP TRIGGER {name} ON harnpool_task", ())
         _run(dsn, f"DROP FUNCTION {name}()", ())
+
+
+@contextlib.asynccontextmanager
+async def _writer_held(pool: Any, dsn: str, name: str) -> AsyncIterator[None]:
+    """Keep ``pool``'s writer inside one group for the block.
+
+    Another connection holds an uncommitted row with the key ``held``, and
+    the pool submits that key: its group waits for the row until the block
+    ends. Whatever is queued meanwhile goes into the writer's next group.
+    """
+    with psycopg.connect(dsn) as blocker:
+        blocker.execute(
+            "INSERT INTO harnpool_task (pool, key, status, submitted_at)"
+            " VALUES (%s, 'held', 'queued', now())",
+            (name,),
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(functools.partial(pool.submit, double, 0, key="held"))
+            await anyio.wait_all_tasks_blocked()
+            assert pool._writer._writing is not None  # waiting for the row
+            try:
+                yield
+            finally:
+                blocker.rollback()
 
 
 class TestSharing:
@@ -405,7 +429,7 @@ class TestRefusals:
 
 class TestGroupCommit:
     async def test_concurrent_submits_share_one_transaction_and_their_keys(
-        self, open_shared: Any
+        self, open_shared: Any, postgres_dsn: str, pool_name: str
     ) -> None:
         n = 20
         ids: dict[int, str] = {}
@@ -417,16 +441,20 @@ class TestGroupCommit:
             async with open_shared(workers=0) as client:
                 store: PostgresStore = client._store
                 before = store.groups
-                async with anyio.create_task_group() as tg:
+                async with (
+                    anyio.create_task_group() as tg,
+                    _writer_held(client, postgres_dsn, pool_name),
+                ):
                     for i in range(n):
                         tg.start_soon(submit, i)
-                commits = store.groups - before
+                    await anyio.wait_all_tasks_blocked()
+                    assert len(client._writer._pending) == n
+                # The held group, then one transaction for every submit queued meanwhile.
+                assert store.groups - before == 2
                 assert {ids[i] for i in range(0, n, 2)} == {ids[0]}
                 assert {ids[i] for i in range(1, n, 2)} == {ids[1]}
                 assert ids[0] != ids[1]
-                assert client.statistics().queued == 2
-        # Every submit queued while the writer was idle goes into its next transaction.
-        assert 1 <= commits < n
+                assert client.statistics().queued == 3
 
     async def test_a_failed_commit_fails_every_caller_of_its_group(
         self, open_shared: Any, postgres_dsn: str, pool_name: str
@@ -443,12 +471,17 @@ class TestGroupCommit:
         with anyio.fail_after(20):
             async with open_shared(workers=0) as client:
                 with _poisoned(postgres_dsn, pool_name):
-                    async with anyio.create_task_group() as tg:
+                    async with (
+                        anyio.create_task_group() as tg,
+                        _writer_held(client, postgres_dsn, pool_name),
+                    ):
                         for key in ("a", "poison", "b"):
                             tg.start_soon(submit, key)
+                        await anyio.wait_all_tasks_blocked()
+                        assert len(client._writer._pending) == 3
                 assert ids == []
                 assert [type(e) for e in errors] == [harnpool.DatabaseError] * 3
                 assert len({id(e) for e in errors}) == 3
-                assert client.statistics().queued == 0
+                assert client.statistics().queued == 1  # the held group's task
                 # The writer goes on with the next group.
                 assert await client.submit(double, 1, key="a")
