@@ -24,7 +24,7 @@ from harnpool._pg import (  # noqa: E402
     ClaimRequest,
     PostgresStore,
 )
-from harnpool._pg._store import _CLAIM, _PRUNE  # noqa: E402
+from harnpool._pg._store import _CLAIM, _FINISH, _PRUNE  # noqa: E402
 from harnpool._records import Status, TaskRecord  # noqa: E402
 
 CLAIMER = Path(__file__).with_name("_pg_claimer.py")
@@ -754,6 +754,41 @@ class TestGroupWrite:
             holder.rollback()
         (recovered,) = store.claim("alive", limit=1, lease=30, max_concurrent=1).recovered
         assert recovered.id == record.id
+
+    def test_outcomes_find_their_rows_by_key_in_seq_order_at_10k_rows(
+        self, store: PostgresStore
+    ) -> None:
+        execute(
+            store.dsn,
+            "INSERT INTO harnpool_task (pool, status, submitted_at, owner, lease_until)"
+            " SELECT %s, 'running', now(), 'me', now() FROM generate_series(1, 10000)",
+            (store.name,),
+        )
+        execute(store.dsn, "ANALYZE harnpool_task")
+        seqs = [seq for (seq,) in execute(
+            store.dsn, "SELECT seq FROM harnpool_task WHERE pool = %s LIMIT 10", (store.name,)
+        )]  # fmt: skip
+        params = {
+            "pool": store.name,
+            "owner": "me",
+            "seq": sorted(seqs),
+            "attempts": [0] * 10,
+            "status": ["completed"] * 10,
+            "reason": [None] * 10,
+            "result": ["null"] * 10,
+            "error_type": [None] * 10,
+            "error_message": [None] * 10,
+        }
+        with psycopg.connect(store.dsn) as conn:
+            rows = conn.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {_FINISH}", params).fetchall()
+            conn.rollback()  # EXPLAIN ANALYZE finished them for real
+        plan = json.dumps(rows[0][0])
+        # A nested loop over the outcomes, as given (sorted by seq), each row by its key:
+        # rows are locked in seq order, and a group costs the same beside any number of rows.
+        assert "harnpool_task_pkey" in plan
+        assert "Nested Loop" in plan
+        assert "Seq Scan" not in plan
+        assert "Hash" not in plan
 
     def test_an_outcome_must_be_final_or_queued(self, store: PostgresStore) -> None:
         store.submit([new()])
