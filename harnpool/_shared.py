@@ -2,24 +2,31 @@
 
 Where the journal's pool keeps every task in memory and appends each change to
 its log, a shared pool keeps nothing but what this process is running: every
-task lives in the database (:class:`._pg.PostgresStore`), and every change is
-one transaction there.
+task lives in the database (:class:`._pg.PostgresStore`). Its changes go to
+the database by group commit, as the journal's go to its file: one writer per
+process (:class:`._pg._writer.GroupWriter`) takes every submit, outcome and
+claim queued since its last transaction into the next one, and nobody is told
+of a change before its transaction committed.
 
-* Submitting stores the tasks in one transaction; the database numbers them
-  and deduplicates keys across every process of the pool.
-* A claimer takes queued tasks for this process's free workers, under the
-  pool's limit across every process, and runs each with the journal pool's
-  attempt logic (:class:`._worker.Workers`: timeouts, thread slots,
-  cancellation rules, result encoding); its outcome, and the retry policy's
-  decision, is then written guarded by owner and attempt.
+* Submitting stores the tasks in the writer's next group; the database numbers
+  them and deduplicates keys across every caller and every process of the pool.
+* Each group also claims queued tasks for this process's free workers (a
+  worker is free once its attempt's outcome is queued), under the pool's limit
+  across every process, and runs each with the journal pool's attempt logic
+  (:class:`._worker.Workers`: timeouts, thread slots, cancellation rules,
+  result encoding); its outcome, and the retry policy's decision, is then
+  written guarded by owner and attempt. A claimer asks for a group of its own
+  when it learns of work no group claimed: a notification, a retry coming due,
+  the poll.
 * A renewer extends the leases of the running tasks every ``lease / 3``
   seconds in one statement. A task whose lease another process reclaimed, or
   every task once renewing has failed for ``lease`` seconds, is stopped here
   and its outcome discarded.
-* A listener thread receives the pool's notifications: a queued task or a
-  freed slot wakes the claimer, a finished task wakes its waiters, a cancel
-  reaches the task's owner. Notifications are hints: waiters and the claimer
-  also poll about once a second, and at once after a lost connection.
+* A listener thread receives other processes' notifications: a queued task,
+  or a freed slot while the pool is at its limit, wakes the claimer, a
+  finished task wakes its waiters, a cancel reaches the task's owner.
+  Notifications are hints: waiters and the claimer also poll about once a
+  second, and at once after a lost connection.
 
 Blocking database calls run in threads (``anyio.to_thread``), never on the
 event loop, except the synchronous reads :meth:`SharedPool.info`,
@@ -54,7 +61,8 @@ from ._errors import DatabaseError, PoolClosedError, UnknownTaskError, WaitTimeo
 from ._events import emit
 from ._info import PoolStatistics, RecoveryReport, TaskInfo
 from ._loop import threadsafe_caller
-from ._pg import RECONNECTED, Listener, PostgresStore
+from ._pg import RECONNECTED, Claim, ClaimRequest, Listener, PostgresStore
+from ._pg._writer import GroupWriter
 from ._pool import Pool
 from ._records import FINISHED, Status, TaskRecord
 from ._registry import decode_call, encode_args, registered_name, resolve, unwrap
@@ -223,6 +231,16 @@ class SharedPool(Pool):
         self._loop_thread = threading.get_ident()
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._limiter = anyio.CapacityLimiter(connections)
+        #: Submits, outcomes and claims, stored by group commit.
+        self._writer = GroupWriter(
+            store,
+            self._owner,
+            self._limiter,
+            claim_for=self._claim_request,
+            claimed=self._claimed,
+        )
+        #: Where claimed tasks run, while the claimer runs.
+        self._task_group: anyio.abc.TaskGroup | None = None
         self._listen_limiter = anyio.CapacityLimiter(1)
         self._outcomes = _Outcomes(settings, shared.name)
         self._runner = _Runner(self._outcomes, shared.workers)
@@ -232,6 +250,9 @@ class SharedPool(Pool):
         self._busy = 0
         self._claim_wanted = anyio.Event()
         self._claiming = shared.workers > 0
+        #: Whether the last claim found the pool at its limit: only then does a
+        #: task finished elsewhere wake the claimer (not every process at every finish).
+        self._at_limit = False
         self._waiters: dict[str, _Waiter] = {}
         #: The ``as_completed`` iterators told when the task of that id may have finished.
         self._watchers: dict[str, list[Inbox]] = {}
@@ -362,7 +383,8 @@ class SharedPool(Pool):
                 raise TypeError(f"jobs must hold only Job objects, not {type(job).__qualname__}")
         records = [self._prepare(job) for job in jobs]  # every check before any write
         self._check_usable()
-        stored = await self._call(self._store.submit_marked, records)
+        # The group that stores them also claims for this process's free workers.
+        stored = await self._writer.submit(records)
         for record, new in stored:
             if record.status not in FINISHED:
                 self._submitted.add(record.id)
@@ -473,6 +495,9 @@ class SharedPool(Pool):
         record = await self._call(self._store.cancel, task_id)
         if record.status is Status.CANCELLED and before.status is Status.QUEUED:
             emit("info", "task.cancelled", pool=self._name, task_id=task_id, key=record.key)
+        if record.status in FINISHED:
+            self._submitted.discard(task_id)
+            self._wake_waiters(task_id)  # the listener drops this process's own notification
         task = self._running.get(task_id)
         if task is not None:
             self._cancel_here(task)
@@ -541,6 +566,7 @@ class SharedPool(Pool):
     def _start(self, tg: anyio.abc.TaskGroup) -> None:
         self._schedules.start(tg)
         self._runner.start(tg)
+        tg.start_soon(self._writer.run)
         tg.start_soon(self._listen)
         if self._shared.workers:
             tg.start_soon(self._work)
@@ -553,36 +579,58 @@ class SharedPool(Pool):
         try:
             with self._runner.scope:
                 async with anyio.create_task_group() as tg:
-                    await self._claim_loop(tg)
+                    self._task_group = tg
+                    try:
+                        await self._claim_loop()
+                        # A claim formed before claiming stopped starts its tasks here.
+                        await self._writer.settle()
+                    finally:
+                        self._task_group = None
         finally:
             self._work_done.set()
 
-    async def _claim_loop(self, tg: anyio.abc.TaskGroup) -> None:
+    def _claim_request(self) -> ClaimRequest | None:
+        """The claim the writer's next group makes: this process's free workers, if any.
+
+        A task's worker is free once its outcome is queued: the group that
+        records the outcome claims the next task, in the same transaction.
+        """
+        free = self._shared.workers - self._busy
+        if not self._claiming or self._task_group is None or free <= 0:
+            return None
         settings = self._settings
+        return ClaimRequest(
+            limit=free,
+            lease=self._shared.lease,
+            max_concurrent=settings.max_concurrent,
+            max_recoveries=settings.max_recoveries,
+        )
+
+    def _claimed(self, claim: Claim) -> None:
+        """Start what a group claimed."""
+        self._at_limit = claim.at_limit
+        for record in claim.recovered:
+            self._recovered(record)
+        tg = self._task_group
+        if tg is None:
+            return  # abandoned: the tasks stay running until their lease expires
+        for record in claim.started:
+            self._busy += 1
+            task = self._running[record.id] = _Claimed(record)
+            tg.start_soon(self._run_claimed, task)
+
+    async def _claim_loop(self) -> None:
         #: Whether the last claim left due tasks behind: the pool's limit holds them,
         #: unless they became due between the claim and the look at the next due time.
         behind = False
         while self._claiming:
             self._claim_wanted = anyio.Event()
-            free = self._shared.workers - self._busy
             delay = POLL
+            free = self._shared.workers - self._busy
             if free > 0:
                 try:
-                    claim = await self._call(
-                        self._store.claim,
-                        self._owner,
-                        limit=free,
-                        lease=self._shared.lease,
-                        max_concurrent=settings.max_concurrent,
-                        max_recoveries=settings.max_recoveries,
-                    )
-                    for record in claim.recovered:
-                        self._recovered(record)
-                    for record in claim.started:
-                        self._busy += 1
-                        task = self._running[record.id] = _Claimed(record)
-                        tg.start_soon(self._run_claimed, task)
-                    if len(claim.started) < free:
+                    claim = await self._writer.claim()
+                    if claim is not None and len(claim.started) < free:
                         # Workers stay free: sleep no longer than until the next
                         # delayed task is due (a submit's notification wakes sooner).
                         due = await self._call(self._store.seconds_until_due)
@@ -614,6 +662,7 @@ class SharedPool(Pool):
     async def _run_claimed(self, task: _Claimed) -> None:
         record = task.record
         emit("debug", "task.started", pool=self._name, task_id=record.id, key=record.key)
+        freed = claimed = False
         try:
             try:
                 fn = self._resolve(record.name)
@@ -633,35 +682,46 @@ class SharedPool(Pool):
                     self._outcomes.end(task, Status.CANCELLED, reason="cancelled")
                 elif not task.lost:
                     await self._runner._attempt(task, fn)
-            del self._running[record.id]
-            await self._write(task)
-        finally:
-            self._running.pop(record.id, None)
+            self._forget(task)
+            # The worker is free once the outcome is queued: the group that
+            # records it claims for this slot too.
             self._busy -= 1
-            self._wake_claimer()
+            freed = True
+            claimed = await self._write(task)
+        finally:
+            self._forget(task)
+            if not freed:
+                self._busy -= 1
+            if not claimed:
+                self._wake_claimer()
 
-    async def _write(self, task: _Claimed) -> None:
-        """Write how ``task``'s attempt ended, if this process still owns it."""
+    def _forget(self, task: _Claimed) -> None:
+        # The group that records a retry may claim the task again at once:
+        # then the entry is its next attempt's, not this one's.
+        if self._running.get(task.record.id) is task:
+            del self._running[task.record.id]
+
+    async def _write(self, task: _Claimed) -> bool:
+        """Write how ``task``'s attempt ended, if this process still owns it.
+
+        Returns:
+            Whether a group committed it (that group also claimed for the free
+            workers) and no retry of it is waiting to be due.
+        """
         record, outcome = task.record, task.outcome
         if task.lost or outcome is None:
             self._lease_lost(record)
-            return
+            return False
         try:
-            # Guarded by owner and attempt, so writing again cannot overwrite a newer outcome.
-            if outcome.status is Status.QUEUED:
-                stored = await self._call_again(
-                    self._store.requeue_for_retry, outcome, owner=self._owner, delay=task.delay
-                )
-            else:
-                stored = await self._call_again(self._store.finish, outcome, owner=self._owner)
-        except DatabaseError as exc:
+            stored = await self._write_again(outcome, task.delay)
+        except (DatabaseError, PoolClosedError) as exc:
             # Still failing after a lease: the lease lapses and another claim runs
             # the task again (at least once).
             emit("error", "task.write_failed", pool=self._name, task_id=record.id, error=str(exc))
-            return
+            return False
         if stored is None:
             self._lease_lost(record)
-            return
+            return True
         if stored.status is Status.QUEUED:
             emit(
                 "warning",
@@ -673,7 +733,7 @@ class SharedPool(Pool):
                 delay=round(task.delay, 3),
                 error=f"{stored.error_type}: {stored.error_message}",
             )
-            return
+            return False  # the claimer learns when the retry is due
         if stored.status is Status.FAILED:
             emit(
                 "warning",
@@ -694,6 +754,26 @@ class SharedPool(Pool):
         if len(self._done) > _KEEP_DONE:
             del self._done[next(iter(self._done))]
         self._wake_waiters(record.id)
+        return True
+
+    async def _write_again(self, outcome: TaskRecord, delay: float) -> TaskRecord | None:
+        """Record an outcome by group commit; a failed group is tried again for up to a lease.
+
+        Guarded by owner and attempt, so writing again cannot overwrite a newer outcome.
+
+        Raises:
+            DatabaseError: The database still failed after a lease.
+        """
+        deadline = anyio.current_time() + self._shared.lease
+        wait = 0.01
+        while True:
+            try:
+                return await self._writer.outcome(outcome, delay)
+            except DatabaseError:
+                if anyio.current_time() + wait > deadline:
+                    raise
+            await anyio.sleep(wait)
+            wait = min(wait * 2, 1.0)
 
     def _lease_lost(self, record: TaskRecord) -> None:
         emit(
@@ -760,11 +840,13 @@ class SharedPool(Pool):
             for payload in payloads:
                 if payload == "queued":
                     self._wake_claimer()
-                elif payload.startswith("finished t"):
-                    task_id = payload.removeprefix("finished ")
-                    self._submitted.discard(task_id)
-                    self._wake_waiters(task_id)
-                    self._wake_claimer()  # a slot of the pool is free
+                elif payload.startswith("finished "):
+                    # One notification per group: "finished t<seq> t<seq> ...".
+                    for task_id in payload.split()[1:]:
+                        self._submitted.discard(task_id)
+                        self._wake_waiters(task_id)
+                    if self._at_limit:
+                        self._wake_claimer()  # slots of the pool are free
                 elif payload.startswith("cancel t"):
                     task = self._running.get(payload.removeprefix("cancel "))
                     if task is not None:
@@ -921,7 +1003,8 @@ async def serve_shared(
         )
         counts = await anyio.to_thread.run_sync(store.statistics)
         reader = PostgresStore(dsn, shared.name, connections=1)
-        listener = await anyio.to_thread.run_sync(store.listen)
+        # This process learns of its own changes at once, not from the server.
+        listener = await anyio.to_thread.run_sync(functools.partial(store.listen, ignore_own=True))
         pool = SharedPool(store, reader, listener, settings, shared, connections)
         total = sum(counts.values())
         queued = counts[Status.QUEUED] + counts[Status.RUNNING]

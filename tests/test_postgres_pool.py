@@ -7,9 +7,10 @@ processes do is the same, through the database alone.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,58 @@ def open_shared(postgres_url: str, pool_name: str) -> Any:
 def _run(dsn: str, query: str, params: Any) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(query, params)
+
+
+@contextlib.contextmanager
+def _poisoned(dsn: str, pool: str) -> Iterator[None]:
+    """Make every COMMIT that inserted the key ``poison`` in ``pool`` fail, for the block.
+
+    A deferred constraint trigger runs at COMMIT, after every statement of the
+    transaction succeeded.
+    """
+    name = f"harnpool_test_poison_{uuid.uuid4().hex[:12]}"
+    _run(
+        dsn,
+        f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        f" IF NEW.pool = '{pool}' AND NEW.key = 'poison' THEN"
+        " RAISE EXCEPTION 'poisoned commit'; END IF; RETURN NULL; END $$",
+        (),
+    )
+    _run(
+        dsn,
+        f"CREATE CONSTRAINT TRIGGER {name} AFTER INSERT ON harnpool_task"
+        f" DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {name}()",
+        (),
+    )
+    try:
+        yield
+    finally:
+        _run(dsn, f"DROP TRIGGER {name} ON harnpool_task", ())
+        _run(dsn, f"DROP FUNCTION {name}()", ())
+
+
+@contextlib.asynccontextmanager
+async def _writer_held(pool: Any, dsn: str, name: str) -> AsyncIterator[None]:
+    """Keep ``pool``'s writer inside one group for the block.
+
+    Another connection holds an uncommitted row with the key ``held``, and
+    the pool submits that key: its group waits for the row until the block
+    ends. Whatever is queued meanwhile goes into the writer's next group.
+    """
+    with psycopg.connect(dsn) as blocker:
+        blocker.execute(
+            "INSERT INTO harnpool_task (pool, key, status, submitted_at)"
+            " VALUES (%s, 'held', 'queued', now())",
+            (name,),
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(functools.partial(pool.submit, double, 0, key="held"))
+            await anyio.wait_all_tasks_blocked()
+            assert pool._writer._writing is not None  # waiting for the row
+            try:
+                yield
+            finally:
+                blocker.rollback()
 
 
 class TestSharing:
@@ -472,3 +525,63 @@ class TestResultsFromElsewhere:
                     gate.set()
                     assert await worker.wait(task_id) == "late"
                     assert await iterator.__anext__() == task_id
+
+
+class TestGroupCommit:
+    async def test_concurrent_submits_share_one_transaction_and_their_keys(
+        self, open_shared: Any, postgres_dsn: str, pool_name: str
+    ) -> None:
+        n = 20
+        ids: dict[int, str] = {}
+
+        async def submit(i: int) -> None:
+            ids[i] = await client.submit(double, i, key=f"k{i % 2}")
+
+        with anyio.fail_after(20):
+            async with open_shared(workers=0) as client:
+                store: PostgresStore = client._store
+                before = store.groups
+                async with (
+                    anyio.create_task_group() as tg,
+                    _writer_held(client, postgres_dsn, pool_name),
+                ):
+                    for i in range(n):
+                        tg.start_soon(submit, i)
+                    await anyio.wait_all_tasks_blocked()
+                    assert len(client._writer._pending) == n
+                # The held group, then one transaction for every submit queued meanwhile.
+                assert store.groups - before == 2
+                assert {ids[i] for i in range(0, n, 2)} == {ids[0]}
+                assert {ids[i] for i in range(1, n, 2)} == {ids[1]}
+                assert ids[0] != ids[1]
+                assert client.statistics().queued == 3
+
+    async def test_a_failed_commit_fails_every_caller_of_its_group(
+        self, open_shared: Any, postgres_dsn: str, pool_name: str
+    ) -> None:
+        errors: list[BaseException] = []
+        ids: list[str] = []
+
+        async def submit(key: str) -> None:
+            try:
+                ids.append(await client.submit(double, 1, key=key))
+            except harnpool.DatabaseError as exc:
+                errors.append(exc)
+
+        with anyio.fail_after(20):
+            async with open_shared(workers=0) as client:
+                with _poisoned(postgres_dsn, pool_name):
+                    async with (
+                        anyio.create_task_group() as tg,
+                        _writer_held(client, postgres_dsn, pool_name),
+                    ):
+                        for key in ("a", "poison", "b"):
+                            tg.start_soon(submit, key)
+                        await anyio.wait_all_tasks_blocked()
+                        assert len(client._writer._pending) == 3
+                assert ids == []
+                assert [type(e) for e in errors] == [harnpool.DatabaseError] * 3
+                assert len({id(e) for e in errors}) == 3
+                assert client.statistics().queued == 1  # the held group's task
+                # The writer goes on with the next group.
+                assert await client.submit(double, 1, key="a")

@@ -17,8 +17,14 @@ import pytest
 psycopg = pytest.importorskip("psycopg")
 
 from harnpool import DatabaseError, PoolClosedError, SchemaVersionError, UnknownTaskError  # noqa: E402
-from harnpool._pg import RECONNECTED, SCHEMA_VERSION, PostgresStore  # noqa: E402
-from harnpool._pg._store import _CLAIM, _PRUNE  # noqa: E402
+from harnpool._pg import (  # noqa: E402
+    RECONNECTED,
+    SCHEMA_VERSION,
+    Claim,
+    ClaimRequest,
+    PostgresStore,
+)
+from harnpool._pg._store import _CLAIM, _FINISH, _PRUNE  # noqa: E402
 from harnpool._records import Status, TaskRecord  # noqa: E402
 
 CLAIMER = Path(__file__).with_name("_pg_claimer.py")
@@ -285,6 +291,16 @@ class TestClaim:
         store.finish(done(first[0]), owner="a")
         assert len(store.claim("b", limit=10, lease=30, max_concurrent=3).started) == 1
         assert store.statistics()[Status.RUNNING] == 3
+
+    def test_a_claim_says_whether_the_pool_is_at_its_limit(self, store: PostgresStore) -> None:
+        store.submit([new() for _ in range(3)])
+        first = store.claim("a", limit=1, lease=30, max_concurrent=2)
+        assert (len(first.started), first.at_limit) == (1, False)
+        second = store.claim("b", limit=10, lease=30, max_concurrent=2)
+        assert (len(second.started), second.at_limit) == (1, True)
+        store.finish(done(first.started[0]), owner="a")
+        third = store.claim("a", limit=10, lease=30, max_concurrent=3)
+        assert (len(third.started), third.at_limit) == (1, False)
 
     def test_a_task_waits_for_its_not_before(self, store: PostgresStore) -> None:
         store.submit([new()])
@@ -610,3 +626,190 @@ class TestNotifications:
         listener.close()
         with pytest.raises(PoolClosedError):
             listener.wait(0)
+
+
+@pytest.fixture
+def poisoned(store: PostgresStore) -> Iterator[str]:
+    """Make every COMMIT that inserted this pool's key ``poison`` fail; return that key.
+
+    A deferred constraint trigger runs at COMMIT, so the failure comes from the
+    COMMIT itself, after every statement of the transaction succeeded.
+    """
+    name = f"harnpool_test_poison_{uuid.uuid4().hex[:12]}"
+    execute(
+        store.dsn,
+        f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        f" IF NEW.pool = '{store.name}' AND NEW.key = 'poison' THEN"
+        " RAISE EXCEPTION 'poisoned commit'; END IF; RETURN NULL; END $$",
+    )
+    execute(
+        store.dsn,
+        f"CREATE CONSTRAINT TRIGGER {name} AFTER INSERT ON harnpool_task"
+        f" DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {name}()",
+    )
+    yield "poison"
+    execute(store.dsn, f"DROP TRIGGER {name} ON harnpool_task")
+    execute(store.dsn, f"DROP FUNCTION {name}()")
+
+
+class TestGroupWrite:
+    def test_submits_of_one_group_share_keys_and_each_gets_its_own(
+        self, store: PostgresStore
+    ) -> None:
+        written = store.write(submits=[[new("k"), new("a")], [new("b"), new("k")]])
+        (k, k_new), (a, _) = written.submitted[0]
+        (b, _), (k_again, k_again_new) = written.submitted[1]
+        assert (k_new, k_again_new) == (True, False)
+        assert k_again.id == k.id
+        assert len({k.id, a.id, b.id}) == 3
+        assert store.groups == 1
+
+    def test_a_stale_outcome_is_discarded_and_the_fresh_one_stored(
+        self, store: PostgresStore
+    ) -> None:
+        store.submit([new("a"), new("b")])
+        (stale,) = store.claim("me", limit=1, lease=30, max_concurrent=2).started
+        expire_leases(store.dsn, store.name)
+        claim = store.claim("me", limit=2, lease=30, max_concurrent=2)
+        again, fresh = claim.started  # the first again (attempt 2), and the second
+        assert (again.id, again.attempts, fresh.attempts) == (stale.id, 2, 1)
+        written = store.write(
+            outcomes=[(done(stale, b"1"), 0.0), (done(fresh, b"2"), 0.0)], owner="me"
+        )
+        assert written.outcomes[0] is None
+        stored = written.outcomes[1]
+        assert stored is not None
+        assert (stored.id, stored.status) == (fresh.id, Status.COMPLETED)
+        assert store.get(stale.id).status is Status.RUNNING
+        assert bytes(store.get(fresh.id).result) == b"2"  # type: ignore[arg-type]
+
+    def test_a_group_mixes_submits_finishes_and_retries(self, store: PostgresStore) -> None:
+        store.submit([new("a"), new("b")])
+        a, b = store.claim("me", limit=2, lease=30, max_concurrent=2).started
+        retry = msgspec.structs.replace(
+            b, status=Status.QUEUED, error_type="ValueError", error_message="no"
+        )
+        groups = store.groups
+        with store.listen() as listener:
+            written = store.write(
+                submits=[[new("c")]], outcomes=[(done(a), 0.0), (retry, 0.0)], owner="me"
+            )
+            heard = listener.wait(10) + listener.wait(0.2)
+        assert [r.status if r else None for r in written.outcomes] == [
+            Status.COMPLETED,
+            Status.QUEUED,
+        ]
+        assert written.submitted[0][0][0].key == "c"
+        # One transaction, one notification of each kind.
+        assert sorted(heard) == [f"finished {a.id}", "queued"]
+        assert store.groups == groups + 1
+
+    def test_a_failed_commit_stores_nothing_of_the_group(
+        self, store: PostgresStore, poisoned: str
+    ) -> None:
+        store.submit([new("a")])
+        (a,) = store.claim("me", limit=1, lease=30, max_concurrent=1).started
+        groups = store.groups
+        with pytest.raises(DatabaseError, match="poisoned commit"):
+            store.write(
+                submits=[[new("b")], [new(poisoned)]], outcomes=[(done(a), 0.0)], owner="me"
+            )
+        assert store.groups == groups
+        assert store.get(a.id).status is Status.RUNNING
+        assert store.by_key("b") is None
+        assert store.by_key(poisoned) is None
+
+    def test_a_group_claims_the_slot_its_outcome_frees(self, store: PostgresStore) -> None:
+        store.submit([new("a"), new("b")])
+        (a,) = store.claim("me", limit=1, lease=30, max_concurrent=1).started
+        request = ClaimRequest(limit=1, lease=30, max_concurrent=1)
+        # Claimed alone, the limit is reached; after the finish, in the same transaction, not.
+        assert store.write(claim=request, owner="me").claim == Claim(
+            started=[], recovered=[], at_limit=True
+        )
+        written = store.write(outcomes=[(done(a), 0.0)], claim=request, owner="me")
+        assert written.claim is not None
+        assert [r.key for r in written.claim.started] == ["b"]
+        assert store.statistics()[Status.RUNNING] == 1
+
+    def test_a_claim_skips_an_expired_row_another_transaction_holds(
+        self, store: PostgresStore
+    ) -> None:
+        (record,) = store.submit([new()])
+        store.claim("dead", limit=1, lease=30, max_concurrent=1)
+        expire_leases(store.dsn, store.name)
+        with psycopg.connect(store.dsn) as holder:
+            # As a group finishing it would: the row is locked until COMMIT.
+            holder.execute("SELECT 1 FROM harnpool_task WHERE seq = %s FOR UPDATE", (record.seq,))
+            claims: list[Claim] = []
+            claimer = threading.Thread(
+                target=lambda: claims.append(
+                    store.claim("alive", limit=1, lease=30, max_concurrent=1)
+                )
+            )
+            claimer.start()
+            claimer.join(timeout=10)
+            assert not claimer.is_alive()  # it did not wait for the row
+            assert claims[0].recovered == []
+            holder.rollback()
+        (recovered,) = store.claim("alive", limit=1, lease=30, max_concurrent=1).recovered
+        assert recovered.id == record.id
+
+    def test_outcomes_find_their_rows_by_key_in_seq_order_at_10k_rows(
+        self, store: PostgresStore
+    ) -> None:
+        execute(
+            store.dsn,
+            "INSERT INTO harnpool_task (pool, status, submitted_at, owner, lease_until)"
+            " SELECT %s, 'running', now(), 'me', now() FROM generate_series(1, 10000)",
+            (store.name,),
+        )
+        execute(store.dsn, "ANALYZE harnpool_task")
+        seqs = [seq for (seq,) in execute(
+            store.dsn, "SELECT seq FROM harnpool_task WHERE pool = %s LIMIT 10", (store.name,)
+        )]  # fmt: skip
+        params = {
+            "pool": store.name,
+            "owner": "me",
+            "seq": sorted(seqs),
+            "attempts": [0] * 10,
+            "status": ["completed"] * 10,
+            "reason": [None] * 10,
+            "result": ["null"] * 10,
+            "error_type": [None] * 10,
+            "error_message": [None] * 10,
+        }
+        with psycopg.connect(store.dsn) as conn:
+            rows = conn.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {_FINISH}", params).fetchall()
+            conn.rollback()  # EXPLAIN ANALYZE finished them for real
+        plan = json.dumps(rows[0][0])
+        # A nested loop over the outcomes, as given (sorted by seq), each row by its key:
+        # rows are locked in seq order, and a group costs the same beside any number of rows.
+        assert "harnpool_task_pkey" in plan
+        assert "Nested Loop" in plan
+        assert "Seq Scan" not in plan
+        assert "Hash" not in plan
+
+    def test_an_outcome_must_be_final_or_queued(self, store: PostgresStore) -> None:
+        store.submit([new()])
+        (a,) = store.claim("me", limit=1, lease=30, max_concurrent=1).started
+        with pytest.raises(ValueError, match="final status or 'queued'"):
+            store.write(outcomes=[(a, 0.0)], owner="me")
+        with pytest.raises(TypeError, match="owner"):
+            store.write(outcomes=[(done(a), 0.0)])
+        assert store.get(a.id).status is Status.RUNNING
+
+
+class TestOwnNotifications:
+    def test_a_listener_can_drop_what_its_own_store_sent(
+        self, open_store: Callable[..., PostgresStore], pool_name: str
+    ) -> None:
+        mine, theirs = open_store(pool_name), open_store(pool_name)
+        with mine.listen(ignore_own=True) as listener:
+            mine.submit([new("mine")])
+            theirs.submit([new("theirs")])
+            heard = listener.wait(10)
+            heard += listener.wait(0.2)
+            assert heard == ["queued"]  # theirs only
+            assert mine.backend_pids()
+            assert not mine.backend_pids() & theirs.backend_pids()

@@ -6,16 +6,27 @@ Imported only when a pool is opened on a database, since it needs the
 
 from ._listener import RECONNECTED, Listener
 from ._schema import SCHEMA_VERSION
-from ._store import Claim, Lease, PostgresStore, Renewal, channel_for, task_seq
+from ._store import (
+    Claim,
+    ClaimRequest,
+    Lease,
+    PostgresStore,
+    Renewal,
+    Written,
+    channel_for,
+    task_seq,
+)
 
 __all__ = [
     "RECONNECTED",
     "SCHEMA_VERSION",
     "Claim",
+    "ClaimRequest",
     "Lease",
     "Listener",
     "PostgresStore",
     "Renewal",
+    "Written",
     "channel_for",
     "task_seq",
 ]

@@ -2,9 +2,11 @@
 
 The store notifies the pool's channel in the same transaction as the change,
 so a notification arrives only once the change is committed: ``queued`` when
-tasks were submitted or put back in the queue, ``finished t<seq>`` when a task
-finished, ``cancel t<seq>`` when cancelling a running task was asked. Several
-notifications of one transaction with the same payload arrive as one.
+tasks were submitted or put back in the queue, ``finished t<seq> t<seq> ...``
+when tasks finished (one notification names every task a group finished, split
+when it would pass PostgreSQL's 8000-byte limit), ``cancel t<seq>`` when
+cancelling a running task was asked. Several notifications of one transaction
+with the same payload arrive as one.
 
 Notifications are hints, never the only signal: one sent while the listener
 was disconnected is lost. So after a lost connection the listener connects
@@ -47,10 +49,13 @@ class Listener:
 
     One thread waits at a time. :meth:`wake` ends a wait early from any thread;
     :meth:`close` wakes a waiter and closes the connection once it has returned.
+    With ``ignore_own``, notifications sent by the store's own connections are
+    dropped (a wait they ended returns no payload).
     """
 
-    def __init__(self, store: PostgresStore) -> None:
+    def __init__(self, store: PostgresStore, *, ignore_own: bool = False) -> None:
         self._store = store
+        self._ignore_own = ignore_own
         # A channel of its own, so that wake() reaches only this listener.
         self._wake_channel = f"{store.channel}_w{secrets.token_hex(8)}"
         self._conn: psycopg.Connection[TupleRow] | None = None
@@ -109,15 +114,22 @@ class Listener:
             try:
                 # Notifications that came while nobody waited are kept by the
                 # connection and come out first.
-                for notify in self._conn.notifies(
-                    timeout=max(0.0, deadline - time.monotonic()), stop_after=1
-                ):
-                    if notify.channel == self._store.channel:
-                        payloads.append(notify.payload)
-                # Take what else arrived in the same packets, without waiting.
-                for notify in self._conn.notifies(timeout=0):
-                    if notify.channel == self._store.channel:
-                        payloads.append(notify.payload)
+                while True:
+                    timeout = max(0.0, deadline - time.monotonic())
+                    notifies = list(self._conn.notifies(timeout=timeout, stop_after=1))
+                    # Take what else arrived in the same packets, without waiting.
+                    notifies += self._conn.notifies(timeout=0)
+                    own = self._store.backend_pids() if self._ignore_own else frozenset()
+                    payloads += (
+                        n.payload
+                        for n in notifies
+                        if n.channel == self._store.channel and n.pid not in own
+                    )
+                    # Only own notifications: wait on, so that a wait ends on
+                    # news, a wake-up or its timeout.
+                    woken = any(n.channel == self._wake_channel for n in notifies)
+                    if payloads or woken or not notifies or time.monotonic() >= deadline:
+                        break
             except psycopg.OperationalError:
                 self._conn.close()
                 self._conn = None

@@ -49,7 +49,16 @@ from . import _schema
 if TYPE_CHECKING:
     from ._listener import Listener
 
-__all__ = ["Claim", "Lease", "PostgresStore", "Renewal", "channel_for", "task_seq"]
+__all__ = [
+    "Claim",
+    "ClaimRequest",
+    "Lease",
+    "PostgresStore",
+    "Renewal",
+    "Written",
+    "channel_for",
+    "task_seq",
+]
 
 _Conn = psycopg.Connection[TupleRow]
 
@@ -80,6 +89,9 @@ RETURNING {_COLUMNS}
 
 # A task whose lease expired goes back to the queue at its old place, unless
 # cancelling it was asked (then it is cancelled) or it has used up its recoveries.
+# A row another transaction holds is skipped (its owner is finishing it, or
+# another claimer reclaims it): whoever holds the pool's lock never waits for a
+# row, so a group that holds rows and waits for the lock cannot deadlock with it.
 _RECLAIM: Final = f"""
 WITH expired AS (
     UPDATE harnpool_task SET
@@ -103,12 +115,18 @@ WITH expired AS (
         owner = NULL,
         lease_until = NULL
     WHERE pool = %(pool)s AND status = 'running' AND lease_until < statement_timestamp()
+        AND seq = any(array(
+            SELECT seq FROM harnpool_task
+            WHERE pool = %(pool)s AND status = 'running' AND lease_until < statement_timestamp()
+            FOR UPDATE SKIP LOCKED))
     RETURNING *
 )
-SELECT {_COLUMNS} FROM expired
+SELECT {_COLUMNS}, CASE WHEN status = 'queued' THEN pg_notify(%(channel)s, 'queued')::text END
+FROM expired
 """
 
-# The count of running tasks and the pick are one statement, after the lock.
+# The count of running tasks and the pick are one statement, after the lock
+# and the reclaim (each a statement of its own: it sees what they did).
 # The join back is `seq = any(array(...))`: a join on the CTE made the planner
 # hash the whole table.
 _CLAIM: Final = f"""
@@ -134,54 +152,67 @@ WITH picked AS (
 SELECT {_COLUMNS} FROM claimed ORDER BY priority DESC, seq
 """
 
+_RUNNING: Final = """
+SELECT count(*) >= %(max_concurrent)s FROM harnpool_task
+WHERE pool = %(pool)s AND status = 'running'
+"""
+
 _RENEW: Final = """
 UPDATE harnpool_task SET lease_until = statement_timestamp() + make_interval(secs => %(lease)s)
 WHERE pool = %(pool)s AND status = 'running' AND owner = %(owner)s
 RETURNING seq, cancel_requested
 """
 
-# Only the owner of the current attempt may record its outcome.
-_GUARD: Final = (
-    "pool = %(pool)s AND seq = %(seq)s AND status = 'running'"
-    " AND attempts = %(attempts)s AND owner = %(owner)s"
-)
-
+# Outcomes of one group, one row each in the arrays; only the owner of the
+# current attempt may record one: a stale row matches nothing and is left out.
 # Cancelling asked while the attempt ran wins over its failure, as over a retry.
 _FINISH: Final = f"""
-WITH done AS (
-    UPDATE harnpool_task SET
-        status = CASE WHEN cancel_requested AND %(status)s::text = 'failed' THEN 'cancelled'
-                      ELSE %(status)s::text END,
-        reason = CASE WHEN cancel_requested AND %(status)s::text = 'failed' THEN 'cancelled'
-                      ELSE %(reason)s::text END,
-        result = %(result)s, error_type = %(error_type)s, error_message = %(error_message)s,
+WITH v AS (
+    SELECT * FROM unnest(%(seq)s::bigint[], %(attempts)s::int[], %(status)s::text[],
+        %(reason)s::text[], %(result)s::text[], %(error_type)s::text[],
+        %(error_message)s::text[]) AS v(seq, attempts, status, reason, result, error_type,
+        error_message)
+), done AS (
+    UPDATE harnpool_task AS t SET
+        status = CASE WHEN t.cancel_requested AND v.status = 'failed' THEN 'cancelled'
+                      ELSE v.status END,
+        reason = CASE WHEN t.cancel_requested AND v.status = 'failed' THEN 'cancelled'
+                      ELSE v.reason END,
+        result = v.result, error_type = v.error_type, error_message = v.error_message,
         finished_at = statement_timestamp(), owner = NULL, lease_until = NULL
-    WHERE {_GUARD}
-    RETURNING *
+    FROM v
+    WHERE t.pool = %(pool)s AND t.seq = v.seq AND t.status = 'running'
+        AND t.attempts = v.attempts AND t.owner = %(owner)s
+    RETURNING t.*
 )
-SELECT {_COLUMNS}, pg_notify(%(channel)s, 'finished t' || seq)::text FROM done
+SELECT {_COLUMNS} FROM done
 """
 
-# Cancelling asked while the attempt ran wins over the retry.
 _REQUEUE: Final = f"""
-WITH done AS (
-    UPDATE harnpool_task SET
-        status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
-        finished_at = CASE WHEN cancel_requested THEN statement_timestamp() END,
-        reason = CASE WHEN cancel_requested THEN 'cancelled' ELSE reason END,
-        started_at = CASE WHEN cancel_requested THEN started_at END,
-        not_before = CASE WHEN cancel_requested THEN NULL
-                          ELSE statement_timestamp() + make_interval(secs => %(delay)s) END,
-        error_type = %(error_type)s, error_message = %(error_message)s,
+WITH v AS (
+    SELECT * FROM unnest(%(seq)s::bigint[], %(attempts)s::int[], %(delay)s::float8[],
+        %(error_type)s::text[], %(error_message)s::text[])
+        AS v(seq, attempts, delay, error_type, error_message)
+), done AS (
+    UPDATE harnpool_task AS t SET
+        status = CASE WHEN t.cancel_requested THEN 'cancelled' ELSE 'queued' END,
+        finished_at = CASE WHEN t.cancel_requested THEN statement_timestamp() END,
+        reason = CASE WHEN t.cancel_requested THEN 'cancelled' ELSE t.reason END,
+        started_at = CASE WHEN t.cancel_requested THEN t.started_at END,
+        not_before = CASE WHEN t.cancel_requested THEN NULL
+                          ELSE statement_timestamp() + make_interval(secs => v.delay) END,
+        error_type = v.error_type, error_message = v.error_message,
         owner = NULL, lease_until = NULL
-    WHERE {_GUARD}
-    RETURNING *
+    FROM v
+    WHERE t.pool = %(pool)s AND t.seq = v.seq AND t.status = 'running'
+        AND t.attempts = v.attempts AND t.owner = %(owner)s
+    RETURNING t.*
 )
-SELECT {_COLUMNS},
-    pg_notify(%(channel)s, CASE WHEN status = 'queued' THEN 'queued'
-                                ELSE 'finished t' || seq END)::text
-FROM done
+SELECT {_COLUMNS} FROM done
 """
+
+#: The longest payload sent in one notification (PostgreSQL's limit is 8000 bytes).
+_PAYLOAD: Final = 7900
 
 _CANCEL: Final = f"""
 WITH done AS (
@@ -200,6 +231,9 @@ FROM done
 """
 
 
+_FINAL_STATUSES: Final = frozenset(
+    {Status.COMPLETED, Status.FAILED, Status.REJECTED, Status.CANCELLED}
+)
 _FINAL: Final = "status IN ('completed', 'failed', 'rejected', 'cancelled')"
 
 # Finished tasks beyond the newest `keep`, or finished more than `keep_for` seconds ago.
@@ -226,10 +260,38 @@ class Claim(msgspec.Struct, frozen=True, kw_only=True):
         recovered: Tasks whose lease had expired: queued again (``recoveries``
             went up), or ``cancelled`` if cancelling was asked, or ``failed``
             once they had used up ``max_recoveries``.
+        at_limit: Whether ``max_concurrent`` tasks of the pool ran once the
+            claim was done: a finished task then frees a slot to claim.
     """
 
     started: list[TaskRecord]
     recovered: list[TaskRecord]
+    at_limit: bool = False
+
+
+class ClaimRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A claim's arguments; see :meth:`PostgresStore.claim`."""
+
+    limit: int
+    lease: float
+    max_concurrent: int
+    max_recoveries: int | None = None
+
+
+class Written(msgspec.Struct, frozen=True, kw_only=True):
+    """What one group's transaction stored; see :meth:`PostgresStore.write`.
+
+    Attributes:
+        submitted: For each submit of the group, in order, what
+            :meth:`PostgresStore.submit_marked` returns for it.
+        outcomes: For each outcome of the group, in order, the stored record,
+            or None if the attempt was no longer the owner's (discarded).
+        claim: What the group's claim did, if it asked for one.
+    """
+
+    submitted: list[list[tuple[TaskRecord, bool]]]
+    outcomes: list[TaskRecord | None]
+    claim: Claim | None = None
 
 
 class Renewal(msgspec.Struct, frozen=True, kw_only=True):
@@ -273,6 +335,20 @@ def task_seq(task_id: str) -> int | None:
 def channel_for(name: str) -> str:
     """The pool's notification channel: a short identifier, whatever the pool's name."""
     return "harnpool_" + hashlib.blake2b(name.encode(), digest_size=8).hexdigest()
+
+
+def _finished_notices(task_ids: Iterable[str]) -> list[str]:
+    """``finished t<seq> t<seq> ...`` payloads naming ``task_ids``, each short enough to send."""
+    notices: list[str] = []
+    payload = ""
+    for task_id in task_ids:
+        if len(payload) + 1 + len(task_id) > _PAYLOAD:
+            notices.append(payload)
+            payload = ""
+        payload = f"{payload} {task_id}" if payload else f"finished {task_id}"
+    if payload:
+        notices.append(payload)
+    return notices
 
 
 def _json(value: msgspec.Raw | msgspec.UnsetType) -> str | None:
@@ -361,6 +437,8 @@ class _Connections:
         self._idle: list[_Conn] = []
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(size)
+        #: The server process of each open connection, by connection.
+        self._pids: dict[int, int] = {}
         self.closed = False
 
     def take(self) -> _Conn:
@@ -371,10 +449,24 @@ class _Connections:
                     raise PoolClosedError("the PostgreSQL store is closed")
                 if self._idle:
                     return self._idle.pop()
-            return psycopg.connect(self._dsn, autocommit=True, fallback_application_name="harnpool")
+            conn = psycopg.connect(self._dsn, autocommit=True, fallback_application_name="harnpool")
+            with self._lock:
+                self._pids[id(conn)] = conn.info.backend_pid
+            return conn
         except BaseException:
             self._slots.release()
             raise
+
+    def pids(self) -> frozenset[int]:
+        """The server processes of the open connections."""
+        with self._lock:
+            return frozenset(self._pids.values())
+
+    def _closing(self, conn: _Conn) -> None:
+        # Forgotten before the server process ends: its pid may serve another client next.
+        with self._lock:
+            self._pids.pop(id(conn), None)
+        conn.close()
 
     def give(self, conn: _Conn) -> None:
         try:
@@ -387,7 +479,7 @@ class _Connections:
                     if keep:
                         self._idle.append(conn)
             if not keep:
-                conn.close()
+                self._closing(conn)
         finally:
             self._slots.release()
 
@@ -396,7 +488,7 @@ class _Connections:
             self.closed = True
             idle, self._idle = self._idle, []
         for conn in idle:
-            conn.close()
+            self._closing(conn)
 
 
 class PostgresStore:
@@ -420,6 +512,8 @@ class PostgresStore:
         self.name = _check_text(name, "name")
         _check_int(connections, "connections", 1)
         self.channel = channel_for(name)
+        #: How many groups :meth:`write` has committed (each one transaction).
+        self.groups = 0
         self._connections = _Connections(dsn, connections)
 
     @classmethod
@@ -529,44 +623,165 @@ class PostgresStore:
             ValueError: A record's priority does not fit in 64 bits.
             DatabaseError: The database failed; nothing was stored.
         """
-        if not records:
-            return []
+        return self.write(submits=[records]).submitted[0]
+
+    def write(
+        self,
+        *,
+        submits: Sequence[Sequence[TaskRecord]] = (),
+        outcomes: Sequence[tuple[TaskRecord, float]] = (),
+        owner: str | None = None,
+        claim: ClaimRequest | None = None,
+    ) -> Written:
+        """Store a group of changes in one transaction: new tasks, and attempts' outcomes.
+
+        This is the pool's group commit: whatever its callers asked for while
+        the previous group committed goes into one transaction, with at most
+        one notification per kind. Nothing of it is stored unless all of it is.
+
+        Args:
+            submits: Lists of new tasks, one per caller, each as for
+                :meth:`submit_marked`. Keys are deduplicated across the lists
+                too: a later list's record with a key an earlier one stored
+                returns that earlier task.
+            outcomes: Each an attempt's outcome and a delay: a final status is
+                recorded as :meth:`finish` does, ``queued`` is a retry due
+                ``delay`` seconds from now, as :meth:`requeue_for_retry` does.
+                Each is guarded by status, attempt and ``owner``: a stale one
+                changes nothing and gets None, the others are still stored.
+            owner: Who ran the attempts; required when there are outcomes or
+                a claim.
+            claim: Also claim tasks for ``owner``, as :meth:`claim` does,
+                after the outcomes: a slot they free can be claimed at once.
+
+        Raises:
+            TypeError, ValueError: An argument has the wrong type or value;
+                nothing was stored.
+            DatabaseError: The database failed; nothing was stored.
+        """
+        records = [record for batch in submits for record in batch]
         for record in records:
             if record.priority not in _INT64:
                 raise ValueError(
                     f"priority must fit in a signed 64-bit integer, not {record.priority}"
                 )
-        with self._connection("submitting") as conn, conn.transaction(), conn.cursor() as cur:
-            # Numbered in the order given, inserted in key order: two submits
-            # that share keys then wait for each other's keys in the same
-            # order, and cannot deadlock.
-            cur.execute(_NUMBER, (len(records),))
-            seqs = sorted(seq for (seq,) in cur.fetchall())
-            order = sorted(range(len(records)), key=lambda i: (records[i].key or "", i))
-            cur.executemany(
-                _INSERT,
-                [(seqs[i], self.name, *_fields(records[i])) for i in order],
-                returning=True,
-            )
-            inserted: dict[int, TaskRecord] = {}
-            while True:
-                row = cur.fetchone()
-                if row is not None:
-                    inserted[row[0]] = _record(row)
-                if not cur.nextset():
-                    break
-            holders: dict[str | None, TaskRecord] = {}
-            missing = [r.key for r, seq in zip(records, seqs, strict=True) if seq not in inserted]
-            if missing:
-                # A statement of its own: its snapshot sees a key another
-                # transaction committed while the insert waited on it.
-                cur.execute(
-                    f"SELECT {_COLUMNS} FROM harnpool_task WHERE pool = %s AND key = any(%s)",
-                    (self.name, missing),
+        finishes: list[TaskRecord] = []
+        retries: list[tuple[TaskRecord, float]] = []
+        who = ""
+        if outcomes or claim is not None:
+            who = _check_text(owner, "owner")
+        claim_params = None if claim is None else self._claim_params(who, claim)
+        for record, delay in outcomes:
+            if record.status is Status.QUEUED:
+                retries.append((record, _check_seconds(delay, "delay")))
+            elif record.status in _FINAL_STATUSES:
+                finishes.append(record)
+            else:
+                raise ValueError(
+                    f"an outcome takes a final status or 'queued', not {record.status.value!r}"
                 )
-                holders = {r.key: r for r in map(_record, cur.fetchall())}
-            if inserted:
-                cur.execute("SELECT pg_notify(%s, 'queued')", (self.channel,))
+        if not records and not outcomes and claim_params is None:
+            return Written(submitted=[[] for _ in submits], outcomes=[])
+        stored: dict[int, TaskRecord] = {}
+        notices: list[str] = []
+        with self._connection("writing") as conn, conn.transaction(), conn.cursor() as cur:
+            marked = self._insert(cur, records)
+            if any(new for _, new in marked):
+                notices.append("queued")
+            if finishes:
+                finishes.sort(key=lambda r: r.seq)  # rows locked in one order
+                cur.execute(
+                    _FINISH,
+                    {
+                        "pool": self.name,
+                        "owner": who,
+                        "seq": [r.seq for r in finishes],
+                        "attempts": [r.attempts for r in finishes],
+                        "status": [r.status.value for r in finishes],
+                        "reason": [r.reason for r in finishes],
+                        "result": [_json(r.result) for r in finishes],
+                        "error_type": [r.error_type for r in finishes],
+                        "error_message": [r.error_message for r in finishes],
+                    },
+                )
+                stored.update((r.seq, r) for r in map(_record, cur.fetchall()))
+            if retries:
+                retries.sort(key=lambda item: item[0].seq)
+                cur.execute(
+                    _REQUEUE,
+                    {
+                        "pool": self.name,
+                        "owner": who,
+                        "seq": [r.seq for r, _ in retries],
+                        "attempts": [r.attempts for r, _ in retries],
+                        "delay": [delay for _, delay in retries],
+                        "error_type": [r.error_type for r, _ in retries],
+                        "error_message": [r.error_message for r, _ in retries],
+                    },
+                )
+                requeued = [_record(row) for row in cur.fetchall()]
+                stored.update((r.seq, r) for r in requeued)
+                if any(r.status is Status.QUEUED for r in requeued):
+                    notices.append("queued")
+            notices += _finished_notices(
+                r.id for r in stored.values() if r.status in _FINAL_STATUSES
+            )
+            if notices:
+                cur.execute(
+                    "SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p",
+                    (self.channel, list(dict.fromkeys(notices))),
+                )
+            # Last, so the pool's lock is held for as short a time as the group allows.
+            claimed = None
+            if claim_params is not None:
+                with conn.pipeline():
+                    claimed = self._claim(conn, claim_params)
+        self.groups += 1
+        submitted: list[list[tuple[TaskRecord, bool]]] = []
+        at = 0
+        for batch in submits:
+            submitted.append(marked[at : at + len(batch)])
+            at += len(batch)
+        return Written(
+            submitted=submitted,
+            outcomes=[stored.get(record.seq) for record, _ in outcomes],
+            claim=claimed,
+        )
+
+    def _insert(
+        self, cur: psycopg.Cursor[TupleRow], records: Sequence[TaskRecord]
+    ) -> list[tuple[TaskRecord, bool]]:
+        """Insert new tasks in the caller's transaction; what :meth:`submit_marked` returns."""
+        if not records:
+            return []
+        # Numbered in the order given, inserted in key order: two submits
+        # that share keys then wait for each other's keys in the same
+        # order, and cannot deadlock.
+        cur.execute(_NUMBER, (len(records),))
+        seqs = sorted(seq for (seq,) in cur.fetchall())
+        order = sorted(range(len(records)), key=lambda i: (records[i].key or "", i))
+        cur.executemany(
+            _INSERT,
+            [(seqs[i], self.name, *_fields(records[i])) for i in order],
+            returning=True,
+        )
+        inserted: dict[int, TaskRecord] = {}
+        while True:
+            row = cur.fetchone()
+            if row is not None:
+                inserted[row[0]] = _record(row)
+            if not cur.nextset():
+                break
+        holders: dict[str | None, TaskRecord] = {}
+        missing = [r.key for r, seq in zip(records, seqs, strict=True) if seq not in inserted]
+        if missing:
+            # A statement of its own: its snapshot sees a key another
+            # transaction committed while the insert waited on it.
+            cur.execute(
+                f"SELECT {_COLUMNS} FROM harnpool_task WHERE pool = %s AND key = any(%s)",
+                (self.name, missing),
+            )
+            holders = {r.key: r for r in map(_record, cur.fetchall())}
         return [
             (inserted[seq], True) if seq in inserted else (holders[record.key], False)
             for record, seq in zip(records, seqs, strict=True)
@@ -601,25 +816,47 @@ class PostgresStore:
             TypeError, ValueError: An argument has the wrong type or value.
             DatabaseError: The database failed; nothing was claimed.
         """
-        params = {
+        request = ClaimRequest(
+            limit=limit, lease=lease, max_concurrent=max_concurrent, max_recoveries=max_recoveries
+        )
+        params = self._claim_params(_check_text(owner, "owner"), request)
+        with self._connection("claiming") as conn, conn.pipeline(), conn.transaction():
+            return self._claim(conn, params)
+
+    def _claim_params(self, owner: str, request: ClaimRequest) -> dict[str, Any]:
+        lease = _check_seconds(request.lease, "lease")
+        if lease == 0:
+            raise ValueError("lease must be more than 0 seconds")
+        max_recoveries = request.max_recoveries
+        return {
             "pool": self.name,
-            "owner": _check_text(owner, "owner"),
-            "limit": _check_int(limit, "limit", 1),
-            "lease": _check_seconds(lease, "lease"),
-            "max_concurrent": _check_int(max_concurrent, "max_concurrent", 1),
+            "channel": self.channel,
+            "owner": owner,
+            "limit": _check_int(request.limit, "limit", 1),
+            "lease": lease,
+            "max_concurrent": _check_int(request.max_concurrent, "max_concurrent", 1),
             "max_recoveries": (
                 None if max_recoveries is None else _check_int(max_recoveries, "max_recoveries", 0)
             ),
         }
-        if params["lease"] == 0:
-            raise ValueError("lease must be more than 0 seconds")
-        with self._connection("claiming") as conn, conn.transaction():
-            conn.execute(_LOCK, (_schema.LOCK_CLASS, self.name))
-            recovered = [_record(r) for r in conn.execute(_RECLAIM, params).fetchall()]
-            started = [_record(r) for r in conn.execute(_CLAIM, params).fetchall()]
-            if any(r.status is Status.QUEUED for r in recovered):
-                conn.execute("SELECT pg_notify(%s, 'queued')", (self.channel,))
-        return Claim(started=started, recovered=recovered)
+
+    @staticmethod
+    def _claim(conn: _Conn, params: dict[str, Any]) -> Claim:
+        """Claim in the caller's transaction, in pipeline mode.
+
+        One round trip, yet four statements: the claim's snapshot is taken
+        once the lock is held and the reclaim is done.
+        """
+        conn.execute(_LOCK, (_schema.LOCK_CLASS, params["pool"]))
+        expired = conn.execute(_RECLAIM, params)
+        claimed = conn.execute(_CLAIM, params)
+        running = conn.execute(_RUNNING, params)
+        full = running.fetchone()
+        return Claim(
+            started=[_record(row) for row in claimed.fetchall()],
+            recovered=[_record(row) for row in expired.fetchall()],
+            at_limit=full is not None and bool(full[0]),
+        )
 
     def renew(self, owner: str, *, lease: float) -> Renewal:
         """Extend the lease of every task ``owner`` runs to ``lease`` seconds from now.
@@ -640,16 +877,6 @@ class PostgresStore:
             cancel_requested=frozenset(f"t{seq}" for seq, asked in rows if asked),
         )
 
-    def _guarded(
-        self, what: str, query: str, record: TaskRecord, **params: Any
-    ) -> TaskRecord | None:
-        params.update(
-            pool=self.name, seq=record.seq, attempts=record.attempts, channel=self.channel
-        )
-        with self._connection(f"{what} task {record.id}") as conn:
-            row = conn.execute(query, params).fetchone()
-        return None if row is None else _record(row)
-
     def finish(self, record: TaskRecord, *, owner: str) -> TaskRecord | None:
         """Record the outcome of ``owner``'s attempt, and notify listeners.
 
@@ -666,24 +893,9 @@ class PostgresStore:
             ValueError: ``record``'s status is not final.
             DatabaseError: The database failed; nothing was stored.
         """
-        if record.status not in (
-            Status.COMPLETED,
-            Status.FAILED,
-            Status.REJECTED,
-            Status.CANCELLED,
-        ):
+        if record.status not in _FINAL_STATUSES:
             raise ValueError(f"finish() takes a final status, not {record.status.value!r}")
-        return self._guarded(
-            "finishing",
-            _FINISH,
-            record,
-            owner=_check_text(owner, "owner"),
-            status=record.status.value,
-            result=_json(record.result),
-            error_type=record.error_type,
-            error_message=record.error_message,
-            reason=record.reason,
-        )
+        return self.write(outcomes=[(record, 0.0)], owner=owner).outcomes[0]
 
     def requeue_for_retry(
         self, record: TaskRecord, *, owner: str, delay: float
@@ -702,15 +914,10 @@ class PostgresStore:
             TypeError, ValueError: An argument has the wrong type or value.
             DatabaseError: The database failed; nothing was stored.
         """
-        return self._guarded(
-            "requeueing",
-            _REQUEUE,
-            record,
-            owner=_check_text(owner, "owner"),
-            delay=_check_seconds(delay, "delay"),
-            error_type=record.error_type,
-            error_message=record.error_message,
-        )
+        _check_text(owner, "owner")
+        delay = _check_seconds(delay, "delay")
+        queued = msgspec.structs.replace(record, status=Status.QUEUED)
+        return self.write(outcomes=[(queued, delay)], owner=owner).outcomes[0]
 
     def cancel(self, task_id: str) -> TaskRecord:
         """Cancel a queued task at once, or ask the owner of a running one to stop.
@@ -868,11 +1075,20 @@ class PostgresStore:
 
     # -- notifications ------------------------------------------------------------------
 
-    def listen(self) -> Listener:
-        """Open a listener on the pool's channel (its own connection)."""
+    def listen(self, *, ignore_own: bool = False) -> Listener:
+        """Open a listener on the pool's channel (its own connection).
+
+        Args:
+            ignore_own: Drop the notifications this store's own connections
+                sent: a process that made a change knows of it already.
+        """
         from ._listener import Listener
 
-        return Listener(self)
+        return Listener(self, ignore_own=ignore_own)
+
+    def backend_pids(self) -> frozenset[int]:
+        """The server processes of the store's open connections (what notifications name)."""
+        return self._connections.pids()
 
     def notify(self, channel: str, payload: str) -> None:
         """Send ``payload`` on ``channel`` (committed at once)."""

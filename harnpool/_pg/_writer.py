@@ -1,0 +1,267 @@
+"""Group commit on the database: one writer per process, one transaction per group.
+
+The journal makes a batch durable with one write and one fdatasync; here a
+group of changes becomes durable with one ``COMMIT``. Submits from concurrent
+callers and the outcomes of finished attempts are queued; a single task takes
+everything queued since its last commit and stores it with one
+:meth:`PostgresStore.write <harnpool._pg.PostgresStore.write>` (one
+transaction, one notification of each kind), on one connection at a time.
+
+When a caller is told: only once the group holding its change has committed
+(then its change is as durable as the server's ``synchronous_commit`` makes
+it). If the transaction fails, every caller of that group gets the
+:class:`~harnpool.DatabaseError`: nothing of the group is stored, nobody was
+told otherwise. An outcome whose attempt is no longer this process's is
+discarded on its own (its caller gets None); the rest of the group is stored.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Final
+
+import anyio
+import psycopg
+
+from .._errors import DatabaseError, PoolClosedError
+from .._records import TaskRecord
+from ._store import Claim, ClaimRequest, PostgresStore, Written
+
+__all__ = ["GroupWriter"]
+
+_INT64: Final = range(-(2**63), 2**63)
+#: How many times a group is written again after the server chose it as a deadlock's victim.
+_DEADLOCK_RETRIES: Final = 3
+
+
+class _Request:
+    """One caller's change, and what became of it once its group committed."""
+
+    __slots__ = ("delay", "done", "error", "outcome", "records", "stored", "submitted")
+
+    def __init__(
+        self,
+        records: Sequence[TaskRecord] | None = None,
+        outcome: TaskRecord | None = None,
+        delay: float = 0.0,
+    ) -> None:
+        self.records = records
+        self.outcome = outcome
+        self.delay = delay
+        self.done = anyio.Event()
+        self.error: BaseException | None = None
+        self.submitted: list[tuple[TaskRecord, bool]] = []
+        self.stored: TaskRecord | None = None
+
+
+class _GroupEnd:
+    """The end of one group: its claim, or its error, once it committed or failed."""
+
+    __slots__ = ("claim", "done", "error")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.claim: Claim | None = None
+        self.error: BaseException | None = None
+
+
+class GroupWriter:
+    """Takes what its callers queued and writes it to the store by groups.
+
+    :meth:`run` is the writer: start it in the pool's task group. Callers
+    (:meth:`submit`, :meth:`outcome`) queue a change and wait for the commit
+    of the group that holds it.
+
+    Attributes:
+        groups: How many groups were committed.
+    """
+
+    def __init__(
+        self,
+        store: PostgresStore,
+        owner: str,
+        limiter: anyio.CapacityLimiter,
+        *,
+        claim_for: Callable[[], ClaimRequest | None] = lambda: None,
+        claimed: Callable[[Claim], None] = lambda claim: None,
+    ) -> None:
+        """Args:
+        store: Where the groups go.
+        owner: Who runs the attempts whose outcomes are recorded, and claims.
+        limiter: The threads the store's calls run in.
+        claim_for: Called as each group is formed: the claim it should make
+            (the slots free once its outcomes are written), or None.
+        claimed: Called with what a group claimed, before its callers are told.
+        """
+        self._store = store
+        self._owner = owner
+        self._limiter = limiter
+        self._claim_for = claim_for
+        self._claimed = claimed
+        self._pending: list[_Request] = []
+        self._wanted = anyio.Event()
+        self._claim_wanted = False
+        self._next = _GroupEnd()
+        self._writing: _GroupEnd | None = None
+        self._closed = False
+        self.groups = 0
+
+    async def claim(self) -> Claim | None:
+        """Have the next group claim what ``claim_for`` asks for, and wait for it.
+
+        Returns:
+            What it claimed, or None if ``claim_for`` asked for nothing then.
+
+        Raises:
+            DatabaseError: The group's transaction failed; nothing was claimed.
+            PoolClosedError: The writer has stopped.
+        """
+        if self._closed:
+            raise PoolClosedError(f"the pool {self._store.name!r} is closed")
+        end = self._next
+        self._claim_wanted = True
+        self._wanted.set()
+        await end.done.wait()
+        if end.error is not None:
+            raise _own(end.error)
+        return end.claim
+
+    async def settle(self) -> None:
+        """Wait for the group being written, if any, to end."""
+        writing = self._writing
+        if writing is not None:
+            await writing.done.wait()
+
+    async def submit(self, records: Sequence[TaskRecord]) -> list[tuple[TaskRecord, bool]]:
+        """Store new tasks in the next group; what :meth:`PostgresStore.submit_marked` returns.
+
+        Raises:
+            ValueError: A record's priority does not fit in 64 bits; nothing was queued.
+            DatabaseError: The group's transaction failed; nothing was stored.
+            PoolClosedError: The writer has stopped; nothing was stored.
+        """
+        for record in records:
+            if record.priority not in _INT64:
+                raise ValueError(
+                    f"priority must fit in a signed 64-bit integer, not {record.priority}"
+                )
+        if not records:
+            return []
+        request = await self._queue(_Request(records=records))
+        return request.submitted
+
+    async def outcome(self, record: TaskRecord, delay: float = 0.0) -> TaskRecord | None:
+        """Record an attempt's outcome in the next group, guarded by owner and attempt.
+
+        ``record`` with a final status finishes the task; with ``queued`` it is
+        a retry due ``delay`` seconds from now.
+
+        Returns:
+            The stored record, or None if the attempt was no longer this
+            process's: the outcome was discarded.
+
+        Raises:
+            DatabaseError: The group's transaction failed; nothing was stored.
+            PoolClosedError: The writer has stopped; nothing was stored.
+        """
+        request = await self._queue(_Request(outcome=record, delay=delay))
+        return request.stored
+
+    async def _queue(self, request: _Request) -> _Request:
+        if self._closed:
+            raise PoolClosedError(f"the pool {self._store.name!r} is closed")
+        self._pending.append(request)
+        self._wanted.set()
+        await request.done.wait()
+        if request.error is not None:
+            raise _own(request.error)
+        return request
+
+    async def run(self) -> None:
+        """Write every group queued, one transaction at a time, until cancelled."""
+        try:
+            while True:
+                if not self._pending and not self._claim_wanted:
+                    await self._wanted.wait()
+                self._wanted = anyio.Event()
+                group, self._pending = self._pending, []
+                self._claim_wanted = False
+                end, self._next = self._next, _GroupEnd()
+                self._writing = end
+                # Shielded: once a group is being written, its callers learn how it ended.
+                with anyio.CancelScope(shield=True):
+                    await self._write(group, end)
+                self._writing = None
+        finally:
+            self._closed = True
+            closed = PoolClosedError(f"the pool {self._store.name!r} is closed")
+            pending, self._pending = self._pending, []
+            for request in pending:
+                request.error = closed
+                request.done.set()
+            for ending in (self._writing, self._next):
+                if ending is not None and not ending.done.is_set():
+                    ending.error = closed
+                    ending.done.set()
+
+    async def _write(self, group: list[_Request], end: _GroupEnd) -> None:
+        submits = [r.records for r in group if r.records is not None]
+        outcomes = [(r.outcome, r.delay) for r in group if r.outcome is not None]
+        claim = self._claim_for()
+        written: Written | None = None
+        if group or claim is not None:
+            write = functools.partial(
+                self._store.write,
+                submits=submits,
+                outcomes=outcomes,
+                owner=self._owner,
+                claim=claim,
+            )
+            for retry in range(_DEADLOCK_RETRIES + 1):
+                try:
+                    written = await anyio.to_thread.run_sync(write, limiter=self._limiter)
+                    break
+                except DatabaseError as exc:
+                    # The server rolled the victim back whole: writing it again is safe.
+                    if retry < _DEADLOCK_RETRIES and isinstance(
+                        exc.__cause__, psycopg.errors.DeadlockDetected
+                    ):
+                        continue
+                    self._fail(group, end, exc)
+                    return
+                except Exception as exc:
+                    self._fail(group, end, exc)
+                    return
+        if written is not None:
+            self.groups += 1
+            if written.claim is not None:
+                end.claim = written.claim
+                self._claimed(written.claim)
+            submitted = iter(written.submitted)
+            stored = iter(written.outcomes)
+            for request in group:
+                if request.records is not None:
+                    request.submitted = next(submitted)
+                if request.outcome is not None:
+                    request.stored = next(stored)
+        for request in group:
+            request.done.set()
+        end.done.set()
+
+    @staticmethod
+    def _fail(group: list[_Request], end: _GroupEnd, exc: Exception) -> None:
+        for request in group:
+            request.error = exc
+            request.done.set()
+        end.error = exc
+        end.done.set()
+
+
+def _own(error: BaseException) -> BaseException:
+    """The exception one caller raises: its own object, chained to the group's."""
+    if isinstance(error, DatabaseError):
+        own = DatabaseError(str(error), pool=error.pool)
+        own.__cause__ = error
+        return own
+    return error
