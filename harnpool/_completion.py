@@ -149,6 +149,9 @@ class JournalCompletions(AsCompleted):
         self._waiter = waiter
         self._watched: list[str] = []
         self._entered: dict[str, Task] = {}
+        #: The tasks yielded so far, by id: their outcomes stay at hand even once
+        #: retention has dropped them from the pool.
+        self.seen: dict[str, Task] = {}
 
     async def _start(self) -> None:
         tasks = self._tasks
@@ -182,6 +185,7 @@ class JournalCompletions(AsCompleted):
         # taken from the inbox only then, so a cancelled step loses nothing.
         await self._waits.finished(task)
         inbox.arrived.popleft()
+        self.seen[task.record.id] = task
         return task.record.id
 
     def _unregister(self) -> None:

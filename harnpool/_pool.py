@@ -515,7 +515,8 @@ class Pool:
 
     def _outcome(self, iterator: AsCompleted, task_id: str) -> Any:
         """What :meth:`wait` gives for a task ``iterator`` saw finish."""
-        task = self._tasks.get(task_id)
+        assert isinstance(iterator, JournalCompletions)
+        task = iterator.seen[task_id]
         return decode_outcome(task.record, task.fn, task.exc)
 
     async def cancel(self, task_id: str) -> bool:

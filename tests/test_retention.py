@@ -143,6 +143,29 @@ class TestRetentionWhileOpen:
             release.set()
             await pool.wait(running)
 
+    async def test_results_of_tasks_retention_drops_meanwhile(self, journal_path: Path) -> None:
+        # Waited for before they finished: results() has them, as wait() would.
+        release = anyio.Event()
+        got: list[int] = []
+
+        async def gated(n: int) -> int:
+            await release.wait()
+            return n * n
+
+        async with harnpool.open_pool(journal_path, keep_finished=1) as pool:
+            ids = [await pool.submit(gated, n) for n in range(5)]
+
+            async def collect() -> None:
+                got.extend(await pool.results(ids))
+
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(collect)
+                    await anyio.wait_all_tasks_blocked()
+                    release.set()
+            assert got == [n * n for n in range(5)]
+            assert pool.statistics().dropped_finished == 4
+
     async def test_unknown_ids_are_not_called_dropped(self, journal_path: Path) -> None:
         async with harnpool.open_pool(journal_path, keep_finished=0) as pool:
             await pool.wait(await pool.submit(square, 1))
