@@ -202,7 +202,10 @@ class BlockingPool:
         call = functools.partial(
             self._pool.schedule, name, fn, every=every, cron=cron, catch_up=catch_up
         )
-        return self._call("schedule", call)
+        # Its slots' tasks run in a copy of this thread's context, as submit's do.
+        return self._call(
+            "schedule", functools.partial(_submitting, contextvars.copy_context(), call)
+        )
 
     def unschedule(self, name: str) -> bool:
         """Stop the schedule ``name``, as :meth:`Pool.unschedule`."""

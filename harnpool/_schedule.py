@@ -312,6 +312,13 @@ class Schedules:
 
     async def _run(self, running: _Running, floor: datetime.datetime) -> None:
         """Fire each slot after ``floor`` as it comes, until cancelled."""
+        try:
+            await self._fire_each(running, floor)
+        finally:
+            if self.running.get(running.plan.name) is running:
+                del self.running[running.plan.name]  # a schedule that ended is not declared
+
+    async def _fire_each(self, running: _Running, floor: datetime.datetime) -> None:
         plan = running.plan
         limit = MAX_CATCH_UP if plan.catch_up == "all" else 1
         with running.scope:

@@ -5,8 +5,10 @@ What every storage does with schedules is tested in tests/storage/test_schedules
 
 from __future__ import annotations
 
+import contextvars
 import datetime
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,18 @@ _beat: dict[str, anyio.Event] = {}
 async def beat(slot: datetime.datetime) -> None:
     _seen.append(slot)
     _beat["event"].set()
+
+
+#: Set by the thread that declares a schedule, read by its slots' tasks.
+declared_by: contextvars.ContextVar[str] = contextvars.ContextVar("declared_by", default="unset")
+_context_seen: list[str] = []
+_context_ran = threading.Event()
+
+
+@harnpool.task(name="tests.schedule.context")
+def read_context(slot: datetime.datetime) -> None:
+    _context_seen.append(declared_by.get())
+    _context_ran.set()
 
 
 def at(text: str) -> datetime.datetime:
@@ -117,6 +131,41 @@ def test_the_blocking_pool_schedules_and_unschedules(journal_path: Path, backend
         with pytest.raises(ValueError, match="already declared"):
             pool.schedule("s", seen, every=3600)
         assert pool.unschedule("s")
+        assert not pool.unschedule("s")
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_blocking_pools_slots_run_in_the_declaring_threads_context(
+    journal_path: Path, backend: str
+) -> None:
+    _context_seen.clear()
+    _context_ran.clear()
+    token = declared_by.set("the declaring thread")
+    try:
+        with harnpool.open_blocking_pool(journal_path, backend=backend) as pool:  # type: ignore[arg-type]
+            pool.schedule("ctx", read_context, every=0.05)
+            assert _context_ran.wait(10)
+            pool.unschedule("ctx")
+    finally:
+        declared_by.reset(token)
+    assert _context_seen[0] == "the declaring thread"
+
+
+async def test_a_schedule_that_ended_is_no_longer_declared(
+    journal_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ended = anyio.Event()
+
+    async def closed(*args: Any, **kwargs: Any) -> list[str]:
+        ended.set()
+        raise harnpool.PoolClosedError("closed")
+
+    async with harnpool.open_pool(journal_path) as pool:
+        monkeypatch.setattr(_schedule.Schedules, "_fire", closed)
+        with anyio.fail_after(10):
+            await pool.schedule("s", seen, every=0.05)
+            await ended.wait()
+            await anyio.wait_all_tasks_blocked()
         assert not pool.unschedule("s")
 
 
