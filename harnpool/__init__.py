@@ -39,6 +39,7 @@ from ._queue import Strategy
 from ._records import Status
 from ._registry import task
 from ._schedule import CatchUp
+from ._settings import Start
 
 __all__ = [
     "ArgumentsNotEncodableError",
@@ -67,6 +68,7 @@ __all__ = [
     "RecoveryReport",
     "ResultNotEncodableError",
     "SchemaVersionError",
+    "Start",
     "Status",
     "Strategy",
     "TaskCancelled",

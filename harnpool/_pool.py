@@ -739,10 +739,15 @@ async def open_pool(
             ``wait`` and ``info`` (UnknownTaskError, its ``dropped`` True),
             its key no longer deduplicates, and ids are never reused: as
             after a reopen. Wait for a task before that many others finish
-            after it, or wait on it before it finishes.
+            after it, or wait on it before it finishes. On PostgreSQL, finished
+            rows beyond the limit are deleted when a pool opens. A schedule
+            finds the last slot it fired by its task's key: once retention
+            dropped every task of a schedule, its next declaration has no
+            missed slots to catch up on.
         keep_finished_for: Drop finished tasks that finished more than this
             many seconds ago, on open and, while open, each time a task
-            finishes; as ``keep_finished`` otherwise.
+            finishes (on PostgreSQL, when a pool opens); as ``keep_finished``
+            otherwise.
         name: PostgreSQL only: the pool's name within the database
             (default ``"default"``).
         workers: PostgreSQL only: how many tasks this process runs at once
@@ -788,12 +793,14 @@ async def open_pool(
         JournalWriteError: The journal failed while the pool was open.
         TypeError: A setting has the wrong type: ``path`` must be a str or
             ``os.PathLike`` of str; counts are ints (a bool is not one);
-            seconds are ints or floats; ``on_full`` and ``strategy`` are str;
+            seconds are ints or floats; ``on_full``, ``strategy`` and
+            ``start`` are str;
             ``retry_on`` is an iterable of exception types.
         ValueError: A setting is out of range: counts below their minimum or
             beyond 64 bits, seconds negative (or 0 for ``aging`` and
             ``timeout``), NaN or infinite, ``retry_backoff_max`` below
-            ``retry_backoff``, an unknown ``on_full`` or ``strategy``, an
+            ``retry_backoff``, an unknown ``on_full``, ``strategy`` or
+            ``start``, an
             empty ``path`` or one holding a NUL; ``name``, ``workers`` or
             ``lease`` given with a journal path; with a database, a setting
             a shared pool does not support.
