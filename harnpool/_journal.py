@@ -1026,7 +1026,8 @@ class Batch:
     def buf(self) -> bytes:
         """What the batch writes: one line per task."""
         lines = self.lines
-        return b"\n".join(lines.values()) + b"\n" if lines else b""
+        # The empty last piece ends the last line: one join, no second copy.
+        return b"\n".join([*lines.values(), b""]) if lines else b""
 
     async def wait(self) -> None:
         """Return once every record in the batch is durable.
@@ -1133,11 +1134,11 @@ class Journal:
         """Leave the task out of the next compaction: the pool dropped it (retention)."""
         self._live.pop(task_id, None)
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes, lines: int) -> None:
         _write_all(self._fd, data)
         _sync_data(self._fd)
         self._size += len(data)
-        self._lines += data.count(b"\n")
+        self._lines += lines
 
     async def run(self) -> None:
         """Flush batches until :meth:`stop` is called or a write fails.
@@ -1361,7 +1362,8 @@ class Journal:
                 continue
             try:
                 # Joined here, off the event loop: nothing appends to a batch once handed over.
-                self._write(flush.batch.buf)
+                batch = flush.batch
+                self._write(batch.buf, len(batch.lines))
             except OSError as exc:
                 flush.error = exc
             except BaseException as exc:  # pragma: no cover - a bug: report it as a failure
