@@ -4,6 +4,9 @@
 they work while a pool has it open. ``compact``, ``salvage``, ``cancel``,
 ``fail`` and ``requeue`` take the journal's lock, as a pool does, and refuse
 while anyone else holds it.
+
+``inspect`` and ``verify`` also read a pool stored in PostgreSQL, given a DSN
+as ``open_pool`` takes it and ``--name``; the other commands refuse a DSN.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import stat
 import sys
 import time
 import unicodedata
+import urllib.parse
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -27,11 +31,13 @@ import msgspec
 
 from . import __version__
 from ._errors import (
+    DatabaseError,
     JournalCorruptError,
     JournalLinkError,
     JournalLockedError,
     JournalOpenError,
     JournalVersionError,
+    SchemaVersionError,
 )
 from ._journal import (
     UNDECODABLE,
@@ -49,6 +55,7 @@ from ._journal import (
     write_all,
 )
 from ._records import FINISHED, FORMAT_VERSION, Header, Record, Status, TaskRecord
+from ._settings import is_dsn
 
 __all__ = ["main"]
 
@@ -59,6 +66,7 @@ EXIT_LOCKED = 3
 EXIT_REFUSED = 4
 EXIT_OS_ERROR = 5
 EXIT_UNKNOWN_TASK = 6
+EXIT_UNREACHABLE = 7
 EXIT_USAGE = 64
 EXIT_INTERNAL = 70
 
@@ -67,13 +75,18 @@ exit codes:
   {EXIT_OK}   success
   {EXIT_TORN}   verify: the journal ends in a torn line (a write cut short); the rest is sound
   {EXIT_UNREADABLE}   the journal is missing, corrupt, or written by a newer harnpool;
-      salvage: no line of it could be kept
+      salvage: no line of it could be kept;
+      on a database: it has no such pool, a row does not decode as a task,
+      or its schema is newer than this harnpool's
   {EXIT_LOCKED}   compact, salvage, cancel, fail, requeue: another process holds the journal's lock
   {EXIT_REFUSED}   salvage: the output exists (use --force) or is the journal itself;
+      compact, salvage, cancel, fail, requeue: given a database, not a journal;
       cancel, fail, requeue: a task is not in a status the command applies to;
       compact, cancel, fail, requeue: the journal has more than one hard link
   {EXIT_OS_ERROR}   a file could not be read or written, or the path is not a file
   {EXIT_UNKNOWN_TASK}   cancel, fail, requeue: the journal has no task with a given id
+  {EXIT_UNREACHABLE}   inspect, verify: the database cannot be reached or failed a query,
+      or psycopg is not installed (harnpool[postgres])
   {EXIT_USAGE}  the command line is wrong
   {EXIT_INTERNAL}  an unexpected error: a bug in harnpool
 
@@ -245,13 +258,22 @@ def _table(records: Sequence[TaskRecord]) -> str:
 
 def _inspect(args: argparse.Namespace) -> int:
     path: str = args.journal
+    if is_dsn(path):
+        found = _read_pool(args)
+        for problem in found.problems:
+            print(f"harnpool: {found.where}: {problem}", file=sys.stderr)
+        return _show(found.tasks, args, holder="the pool")
     loaded = _load(path)
     if loaded.torn is not None:
         print(f"harnpool: journal {path!r}: {_describe_torn(loaded.torn)}", file=sys.stderr)
+    return _show(list(loaded.tasks.values()), args, holder="the journal")
+
+
+def _show(tasks: Sequence[TaskRecord], args: argparse.Namespace, *, holder: str) -> int:
     statuses = {Status(value) for value in args.status or ()}
     records = [
         r
-        for r in loaded.tasks.values()
+        for r in tasks
         if (not statuses or r.status in statuses)
         and (args.key is None or (r.key is not None and fnmatch.fnmatchcase(r.key, args.key)))
     ]
@@ -260,12 +282,94 @@ def _inspect(args: argparse.Namespace) -> int:
         print("[\n" + ",\n".join(encoded) + "\n]" if encoded else "[]")
         return EXIT_OK
     if not records:
-        print(f"no tasks match (the journal holds {len(loaded.tasks)})")
+        print(f"no tasks match ({holder} holds {len(tasks)})")
         return EXIT_OK
     print(_table(records))
-    shown = f"{len(records)} of {len(loaded.tasks)}" if statuses or args.key else "all"
+    shown = f"{len(records)} of {len(tasks)}" if statuses or args.key else "all"
     print(f"\n{shown} tasks shown; times are local")
     return EXIT_OK
+
+
+# -- a pool in PostgreSQL --------------------------------------------------------------
+
+
+def _redacted(dsn: str) -> str:
+    """``dsn`` without its password, to print."""
+    parts = urllib.parse.urlsplit(dsn)
+    netloc = parts.netloc
+    if parts.password is not None:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.partition(':')[0]}:***@{host}"
+    query = urllib.parse.urlencode(
+        [
+            (k, "***" if k == "password" else v)
+            for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        ]
+    )
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _not_json(record: TaskRecord) -> list[str]:
+    """Why ``record``'s stored arguments or result would not decode, if they would not."""
+    problems = []
+    for field_name in ("args", "result"):
+        value = getattr(record, field_name)
+        if isinstance(value, msgspec.Raw):
+            try:
+                msgspec.json.decode(value)
+            except msgspec.DecodeError:
+                problems.append(f"task {_named(record)}: its stored {field_name} is not valid JSON")
+    return problems
+
+
+@dataclass(slots=True)
+class _Found:
+    """A pool's tasks as read from the database, and what did not decode."""
+
+    where: str
+    version: int
+    #: Undecodable results are left out (as if none were stored), so --json stays JSON.
+    tasks: list[TaskRecord]
+    problems: list[str]
+
+
+def _read_pool(args: argparse.Namespace) -> _Found:
+    """Read the pool ``--name`` of the database ``args.journal``, changing nothing."""
+    dsn: str = args.journal
+    name: str = args.name
+    where = f"pool {name!r} in {_redacted(dsn)!r}"
+    try:
+        from ._pg import SCHEMA_VERSION, PostgresStore
+    except ImportError as exc:
+        raise _Failure(
+            f"reading a pool on PostgreSQL needs psycopg ({exc.name}): install harnpool[postgres]",
+            EXIT_UNREACHABLE,
+        ) from None
+    with PostgresStore.connect(dsn, name, connections=1) as store:
+        version = store.schema_version()
+        if version == 0:
+            raise _Failure(f"{where}: the database has no harnpool schema", EXIT_UNREADABLE)
+        if version > SCHEMA_VERSION:
+            raise SchemaVersionError(pool=name, found=version, supported=SCHEMA_VERSION)
+        if not store.registered():
+            raise _Failure(f"{where}: the database has no pool of that name", EXIT_UNREADABLE)
+        tasks = store.tasks()
+    problems: list[str] = []
+    for index, record in enumerate(tasks):
+        if found := _not_json(record):
+            problems.extend(found)
+            if not isinstance(record.result, msgspec.UnsetType):
+                tasks[index] = msgspec.structs.replace(record, result=msgspec.UNSET)
+    return _Found(where=where, version=version, tasks=tasks, problems=problems)
+
+
+def _journal_only(path: str, command: str) -> None:
+    if is_dsn(path):
+        raise _Failure(
+            f"{command} works on a journal file; {_redacted(path)!r} is a PostgreSQL "
+            "database, which only inspect and verify read",
+            EXIT_REFUSED,
+        )
 
 
 # -- verify ----------------------------------------------------------------------------
@@ -273,6 +377,16 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     path: str = args.journal
+    if is_dsn(path):
+        found = _read_pool(args)
+        summary = f"schema version {found.version}, {_counts(found.tasks)}"
+        if not found.problems:
+            print(f"{found.where}: ok: {summary}")
+            return EXIT_OK
+        for problem in found.problems:
+            print(f"{found.where}: {problem}")
+        print(f"{found.where}: corrupt: {len(found.problems)} undecodable values; {summary}")
+        return EXIT_UNREADABLE
     loaded = _load(path)
     tasks = list(loaded.tasks.values())
     summary = f"format {loaded.header.format}, {_counts(tasks)}, {loaded.lines} lines"
@@ -293,6 +407,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _compact(args: argparse.Namespace) -> int:
     path: str = args.journal
+    _journal_only(path, args.command)
     _check_journal(path)  # before locking, which would leave a lock file behind
     lock_fd = lock(path)
     try:
@@ -415,6 +530,7 @@ def _write_new_file(output: str, data: bytes, *, replace: bool) -> None:
 def _salvage(args: argparse.Namespace) -> int:
     path: str = args.journal
     output: str = args.output
+    _journal_only(path, args.command)
     _check_journal(path)
     directory = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(directory):
@@ -572,6 +688,7 @@ def _operate(args: argparse.Namespace) -> int:
     operation = _OPERATIONS[args.command]
     ids: list[str] = list(dict.fromkeys(args.ids))
     reason: str | None = getattr(args, "reason", None)
+    _journal_only(path, args.command)
     _check_journal(path)  # before locking, which would leave a lock file behind
     lock_fd = lock(path)
     try:
@@ -651,15 +768,31 @@ def _parser() -> argparse.ArgumentParser:
             epilog=_EXIT_CODES,
             formatter_class=formatter,
         )
-        sub.add_argument("journal", metavar="JOURNAL", help="the journal file")
+        sub.add_argument(
+            "journal",
+            metavar="JOURNAL",
+            help="the journal file (inspect, verify: or a PostgreSQL DSN)",
+        )
         return sub
+
+    def pool_name(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--name",
+            type=_pool_name,
+            default="default",
+            help="with a PostgreSQL DSN for JOURNAL: the pool's name, as open_pool's "
+            "(default: %(default)s)",
+        )
 
     inspect = command(
         "inspect",
         "Print a table of the journal's tasks.",
         "Reads a snapshot: works while a pool has the journal open. A torn last line\n"
-        "is reported on stderr and the rest is shown.",
+        "is reported on stderr and the rest is shown. JOURNAL may be a PostgreSQL DSN\n"
+        "(postgresql://...), as open_pool takes it: the pool --name in that database\n"
+        "is read, in one query, changing nothing.",
     )
+    pool_name(inspect)
     inspect.add_argument(
         "--status",
         action="append",
@@ -680,8 +813,12 @@ def _parser() -> argparse.ArgumentParser:
     verify = command(
         "verify",
         "Check the journal without changing anything.",
-        "Reads a snapshot: works while a pool has the journal open.",
+        "Reads a snapshot: works while a pool has the journal open. Given a PostgreSQL\n"
+        "DSN, checks that the database's schema version is one this harnpool knows\n"
+        "and that every task of the pool --name decodes (its arguments and result\n"
+        "are JSON); exit 2 if not, 7 if the database cannot be reached.",
     )
+    pool_name(verify)
     verify.set_defaults(run=_verify)
 
     compact_ = command(
@@ -752,6 +889,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _pool_name(text: str) -> str:
+    if not text or "\0" in text:
+        raise argparse.ArgumentTypeError("the pool name must be non-empty, without NUL")
+    return text
+
+
 def _reason(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("the reason must not be blank")
@@ -777,6 +920,12 @@ def main(argv: list[str] | None = None) -> int:
     except (JournalCorruptError, JournalVersionError) as exc:
         print(f"harnpool: {exc}", file=sys.stderr)
         code = EXIT_UNREADABLE
+    except SchemaVersionError as exc:
+        print(f"harnpool: {exc}", file=sys.stderr)
+        code = EXIT_UNREADABLE
+    except DatabaseError as exc:  # the driver's text may span lines; the CLI prints one
+        print(f"harnpool: {' '.join(str(exc).split())}", file=sys.stderr)
+        code = EXIT_UNREACHABLE
     except JournalLinkError as exc:
         print(f"harnpool: {exc}", file=sys.stderr)
         code = EXIT_REFUSED
@@ -798,7 +947,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: still one line, and never an exit code that means something
         cls = type(exc)
         print(
-            f"harnpool: unexpected error on {args.journal!r}: "
+            f"harnpool: unexpected error on {_redacted(args.journal)!r}: "
             f"{cls.__module__}.{cls.__qualname__}: {exc}",
             file=sys.stderr,
         )

@@ -135,17 +135,9 @@ def postgres_dsn(postgres_server: Server) -> str:
 @pytest.fixture(scope="session")
 def postgres_url(postgres_dsn: str) -> str:
     """``postgres_dsn`` as a ``postgresql://`` URI: what ``open_pool`` takes for a database."""
-    from urllib.parse import quote, urlencode
+    from tests.postgres_server import as_url
 
-    from psycopg.conninfo import conninfo_to_dict
-
-    params = {k: str(v) for k, v in conninfo_to_dict(postgres_dsn).items()}
-    user = quote(params.pop("user", ""), safe="")
-    password = params.pop("password", None)
-    auth = user + ("" if password is None else ":" + quote(password, safe=""))
-    dbname = quote(params.pop("dbname", ""), safe="")
-    query = urlencode(params)
-    return f"postgresql://{auth}@/{dbname}" + (f"?{query}" if query else "")
+    return as_url(postgres_dsn)
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from urllib.parse import quote, urlencode
 
 import psycopg
 from psycopg import sql
@@ -33,6 +34,17 @@ from psycopg.conninfo import make_conninfo
 
 DSN_VARIABLE = "HARNPOOL_PG_DSN"
 _ROLE = "harn"
+
+
+def as_url(dsn: str) -> str:
+    """A libpq DSN as a ``postgresql://`` URI: what ``open_pool`` takes for a database."""
+    params = {k: str(v) for k, v in psycopg.conninfo.conninfo_to_dict(dsn).items()}
+    user = quote(params.pop("user", ""), safe="")
+    password = params.pop("password", None)
+    auth = user + ("" if password is None else ":" + quote(password, safe=""))
+    dbname = quote(params.pop("dbname", ""), safe="")
+    query = urlencode(params)
+    return f"postgresql://{auth}@/{dbname}" + (f"?{query}" if query else "")
 
 
 class ServerUnavailable(Exception):

@@ -984,6 +984,12 @@ class PostgresStore:
             ).fetchone()
         return None if row is None else _record(row)
 
+    def registered(self) -> bool:
+        """Whether a pool of this name was ever opened (:meth:`migrate` registers it)."""
+        with self._connection("reading the pool's name") as conn:
+            row = conn.execute("SELECT 1 FROM harnpool_pool WHERE name = %s", (self.name,))
+            return row.fetchone() is not None
+
     def tasks(self) -> list[TaskRecord]:
         """Every task of the pool, in submission order."""
         with self._connection("reading tasks") as conn:
