@@ -271,20 +271,28 @@ P7_SCENARIOS = ("enqueue_process_1p", "enqueue_process_2p", "drain")
 P7_CONTENDERS = ("harnpool", "harnpool_store", "pgqueuer", "procrastinate")
 
 
-def test_p7_compares_harnpool_with_its_peers_on_postgres(
-    postgres_server: Server, tmp_path: Path
-) -> None:
-    committed = _snapshot(RESULTS)
+def _run_on_postgres(
+    script: str, server: Server, tmp_path: Path
+) -> subprocess.CompletedProcess[str]:
+    """Run a benchmark quickly on the suite's server, writing its JSON into ``tmp_path``."""
     done = _run(
-        str(BENCHMARKS / "p7_postgres.py"),
+        str(BENCHMARKS / script),
         "--quick",
         "--out",
         str(tmp_path),
         "--admin-dsn",
-        postgres_server.admin_dsn,
+        server.admin_dsn,
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_p7_compares_harnpool_with_its_peers_on_postgres(
+    postgres_server: Server, tmp_path: Path
+) -> None:
+    committed = _snapshot(RESULTS)
+    done = _run_on_postgres("p7_postgres.py", postgres_server, tmp_path)
     assert _snapshot(RESULTS) == committed
     document = _load(tmp_path / "p7_postgres.json")
     assert document["name"] == "p7_postgres"
@@ -315,16 +323,7 @@ def test_p7_compares_harnpool_with_its_peers_on_postgres(
 
 
 def test_p8_measures_delayed_tasks_on_postgres_too(postgres_server: Server, tmp_path: Path) -> None:
-    done = _run(
-        str(BENCHMARKS / "p8_delay.py"),
-        "--quick",
-        "--out",
-        str(tmp_path),
-        "--admin-dsn",
-        postgres_server.admin_dsn,
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stderr
+    done = _run_on_postgres("p8_delay.py", postgres_server, tmp_path)
     metrics = _load(tmp_path / "p8_delay.json")["metrics"]
     assert EXPECTED["p8_delay"] <= set(metrics)
     # no task started before its due time, on either storage, in any run
