@@ -47,7 +47,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar, overload
 
@@ -299,9 +299,17 @@ class SharedPool(Pool):
 
     async def _call_again(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``_call`` for a call that is safe to repeat: a read, or a write guarded
-        by owner and attempt. A failure is tried again, with backoff, for up to
-        one lease: a restarted server closed every pooled connection, and each
-        fails once before a fresh one replaces it.
+        by owner and attempt; see :meth:`_again`.
+
+        Raises:
+            DatabaseError: The database still failed after a lease.
+        """
+        return await self._again(functools.partial(self._call, fn, *args, **kwargs))
+
+    async def _again(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Await ``call()``, tried again with backoff for up to one lease while it
+        raises DatabaseError: a restarted server closed every pooled connection,
+        and each fails once before a fresh one replaces it.
 
         Raises:
             DatabaseError: The database still failed after a lease.
@@ -310,7 +318,7 @@ class SharedPool(Pool):
         delay = 0.01
         while True:
             try:
-                return await self._call(fn, *args, **kwargs)
+                return await call()
             except DatabaseError:
                 if anyio.current_time() + delay > deadline:
                     raise
@@ -682,6 +690,8 @@ class SharedPool(Pool):
                     self._outcomes.end(task, Status.CANCELLED, reason="cancelled")
                 elif not task.lost:
                     await self._runner._attempt(task, fn)
+            # The attempt is over: no renewal or cancel is for it while its outcome
+            # is written (the ``finally`` covers an attempt that raised).
             self._forget(task)
             # The worker is free once the outcome is queued: the group that
             # records it claims for this slot too.
@@ -764,16 +774,7 @@ class SharedPool(Pool):
         Raises:
             DatabaseError: The database still failed after a lease.
         """
-        deadline = anyio.current_time() + self._shared.lease
-        wait = 0.01
-        while True:
-            try:
-                return await self._writer.outcome(outcome, delay)
-            except DatabaseError:
-                if anyio.current_time() + wait > deadline:
-                    raise
-            await anyio.sleep(wait)
-            wait = min(wait * 2, 1.0)
+        return await self._again(functools.partial(self._writer.outcome, outcome, delay))
 
     def _lease_lost(self, record: TaskRecord) -> None:
         emit(

@@ -26,6 +26,7 @@ psycopg = pytest.importorskip("psycopg")
 
 from harnpool._pg import PostgresStore  # noqa: E402
 from harnpool._records import TaskRecord  # noqa: E402
+from harnpool._shared import SharedPool  # noqa: E402
 
 _state: dict[str, Any] = {}
 
@@ -585,3 +586,92 @@ class TestGroupCommit:
                 assert client.statistics().queued == 1  # the held group's task
                 # The writer goes on with the next group.
                 assert await client.submit(double, 1, key="a")
+
+    async def test_a_group_whose_bookkeeping_fails_still_tells_its_callers(
+        self, open_shared: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        async with open_shared(workers=0) as client:
+            store: PostgresStore = client._store
+            write = store.write
+
+            def short(**kwargs: Any) -> Any:
+                # Committed, but it hands back too few results for the group's callers.
+                return msgspec.structs.replace(write(**kwargs), submitted=[])
+
+            with anyio.fail_after(20):
+                monkeypatch.setattr(store, "write", short)
+                with pytest.raises(harnpool.DatabaseError) as caught:
+                    await client.submit(double, 1, key="a")
+                assert caught.value.pool == client.path
+                group_error = caught.value.__cause__
+                assert isinstance(group_error, harnpool.DatabaseError)
+                assert "committed" in str(group_error)
+                assert isinstance(group_error.__cause__, StopIteration)
+                monkeypatch.setattr(store, "write", write)
+                # The writer goes on, and the pool closes cleanly.
+                assert await client.submit(double, 1, key="b")
+
+    async def test_a_claim_whose_bookkeeping_fails_is_an_error_not_a_crash(
+        self, open_shared: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        claimed = SharedPool._claimed
+        failed = anyio.Event()
+
+        def broken(pool: SharedPool, claim: Any) -> None:
+            if claim.started and not failed.is_set():
+                # As when the pool's task group can no longer start the claimed tasks.
+                failed.set()
+                raise RuntimeError("cannot start the claimed tasks")
+            claimed(pool, claim)
+
+        with anyio.fail_after(20):
+            async with open_shared(workers=0) as client:
+                task_id = await client.submit(double, 21)
+                monkeypatch.setattr(SharedPool, "_claimed", broken)
+                with capture_logs() as logs:
+                    async with open_shared(lease=0.6):
+                        await failed.wait()
+                        # The claimed task's lease lapses and it is claimed again.
+                        assert await client.wait(task_id) == 42
+                assert any(e["event"] == "pool.claim_failed" for e in logs)
+
+    async def test_a_bug_in_the_store_is_a_database_error_for_each_caller(
+        self, open_shared: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        async with open_shared(workers=0) as client:
+            store: PostgresStore = client._store
+            write = store.write
+
+            def buggy(**kwargs: Any) -> Any:
+                raise ValueError("a bug")
+
+            with anyio.fail_after(20):
+                monkeypatch.setattr(store, "write", buggy)
+                with pytest.raises(harnpool.DatabaseError) as caught:
+                    await client.submit(double, 1)
+                assert caught.value.pool == client.path
+                assert isinstance(caught.value.__cause__, harnpool.DatabaseError)
+                assert isinstance(caught.value.__cause__.__cause__, ValueError)
+                monkeypatch.setattr(store, "write", write)
+                assert await client.submit(double, 1)
+
+    async def test_a_bug_writing_an_outcome_does_not_take_the_pool_down(
+        self, open_shared: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        with anyio.fail_after(20):
+            async with open_shared(lease=0.6) as pool:
+                store: PostgresStore = pool._store
+                write = store.write
+                failed: list[BaseException] = []  # the store is called in worker threads
+
+                def buggy(**kwargs: Any) -> Any:
+                    if kwargs.get("outcomes") and not failed:
+                        failed.append(TypeError("a bug"))
+                        raise failed[0]
+                    return write(**kwargs)
+
+                monkeypatch.setattr(store, "write", buggy)
+                task_id = await pool.submit(double, 21)
+                # Written again by the retry of a failed group.
+                assert await pool.wait(task_id) == 42
+                assert failed
