@@ -46,7 +46,6 @@ import random
 import secrets
 import socket
 import threading
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar, overload
@@ -362,7 +361,8 @@ class SharedPool(Pool):
             retries=settings.retries if job.retries is None else job.retries,
             retry_on=self._retry_on if retry_on is None else _retry_names(retry_on),
             timeout=settings.timeout if job.timeout is None else job.timeout,
-            not_before=job._not_before(time.time()),
+            # Only a run_at is an absolute time; a delay is counted on the database's clock.
+            not_before=job._run_at,
         )
 
     async def _submit_one(self, job: Job) -> str:
@@ -392,7 +392,7 @@ class SharedPool(Pool):
         records = [self._prepare(job) for job in jobs]  # every check before any write
         self._check_usable()
         # The group that stores them also claims for this process's free workers.
-        stored = await self._writer.submit(records)
+        stored = await self._writer.submit(records, [job._delay or None for job in jobs])
         for record, new in stored:
             if record.status not in FINISHED:
                 self._submitted.add(record.id)

@@ -675,3 +675,20 @@ class TestGroupCommit:
                 # Written again by the retry of a failed group.
                 assert await pool.wait(task_id) == 42
                 assert failed
+
+
+class TestDelays:
+    async def test_a_delay_is_counted_on_the_database_clock(
+        self, open_shared: Any, postgres_dsn: str, pool_name: str
+    ) -> None:
+        with anyio.fail_after(20):
+            async with open_shared(workers=0) as client:
+                task_id = await client.submit(double, 1, delay=1000)
+                with psycopg.connect(postgres_dsn) as conn:
+                    # Both stamped by the inserting statement, whatever the client's clock.
+                    row = conn.execute(
+                        "SELECT not_before - submitted_at = make_interval(secs => 1000)"
+                        " FROM harnpool_task WHERE pool = %s AND seq = %s",
+                        (pool_name, int(task_id.removeprefix("t"))),
+                    ).fetchone()
+                assert row == (True,)

@@ -40,15 +40,17 @@ _DEADLOCK_RETRIES: Final = 3
 class _Request:
     """One caller's change, and what became of it once its group committed."""
 
-    __slots__ = ("delay", "done", "error", "outcome", "records", "stored", "submitted")
+    __slots__ = ("delay", "delays", "done", "error", "outcome", "records", "stored", "submitted")
 
     def __init__(
         self,
         records: Sequence[TaskRecord] | None = None,
         outcome: TaskRecord | None = None,
         delay: float = 0.0,
+        delays: Sequence[float | None] | None = None,
     ) -> None:
         self.records = records
+        self.delays = delays
         self.outcome = outcome
         self.delay = delay
         self.done = anyio.Event()
@@ -135,8 +137,12 @@ class GroupWriter:
         if writing is not None:
             await writing.done.wait()
 
-    async def submit(self, records: Sequence[TaskRecord]) -> list[tuple[TaskRecord, bool]]:
+    async def submit(
+        self, records: Sequence[TaskRecord], delays: Sequence[float | None] | None = None
+    ) -> list[tuple[TaskRecord, bool]]:
         """Store new tasks in the next group; what :meth:`PostgresStore.submit_marked` returns.
+
+        ``delays`` is as :meth:`PostgresStore.submit` takes it.
 
         Raises:
             DatabaseError: The group's transaction failed; nothing was stored.
@@ -144,7 +150,9 @@ class GroupWriter:
         """
         if not records:
             return []
-        request = await self._queue(_Request(records=records))
+        if delays is None:
+            delays = [None] * len(records)
+        request = await self._queue(_Request(records=records, delays=delays))
         return request.submitted
 
     async def outcome(self, record: TaskRecord, delay: float = 0.0) -> TaskRecord | None:
@@ -222,6 +230,11 @@ class GroupWriter:
 
     async def _commit(self, group: list[_Request]) -> Written | None:
         submits = [r.records for r in group if r.records is not None]
+        delays = [
+            [None] * len(r.records) if r.delays is None else r.delays
+            for r in group
+            if r.records is not None
+        ]
         outcomes = [(r.outcome, r.delay) for r in group if r.outcome is not None]
         claim = self._claim_for()
         if not group and claim is None:
@@ -229,6 +242,7 @@ class GroupWriter:
         write = functools.partial(
             self._store.write,
             submits=submits,
+            submit_delays=delays,
             outcomes=outcomes,
             owner=self._owner,
             claim=claim,
