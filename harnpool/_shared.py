@@ -245,6 +245,10 @@ class SharedPool(Pool):
         self._runner = _Runner(self._outcomes, shared.workers)
         #: Tasks whose attempt runs here, by id.
         self._running: dict[str, _Claimed] = {}
+        #: Tasks a cancel() here waits for: a group that claimed one before the
+        #: request committed may not have started it yet (its own notification
+        #: is dropped, and the next renewal is up to a third of a lease away).
+        self._cancelling: set[str] = set()
         #: Claimed tasks not yet written back: attempts running or outcomes being written.
         self._busy = 0
         self._claim_wanted = anyio.Event()
@@ -510,9 +514,13 @@ class SharedPool(Pool):
         if task is not None:
             self._cancel_here(task)
         if record.status not in FINISHED:
-            # Not shielded: the request is committed, and an owner that died
-            # answers only once its lease expired.
-            record = await self._finished(task_id)
+            self._cancelling.add(task_id)
+            try:
+                # Not shielded: the request is committed, and an owner that died
+                # answers only once its lease expired.
+                record = await self._finished(task_id)
+            finally:
+                self._cancelling.discard(task_id)
         return record.status is Status.CANCELLED
 
     @staticmethod
@@ -625,6 +633,7 @@ class SharedPool(Pool):
         for record in claim.started:
             self._busy += 1
             task = self._running[record.id] = _Claimed(record)
+            task.cancelling = record.id in self._cancelling
             tg.start_soon(self._run_claimed, task)
 
     async def _claim_loop(self) -> None:

@@ -356,6 +356,50 @@ class TestCancel:
                 assert client.info(task_id).status is Status.CANCELLED
                 assert not await client.cancel(task_id)
 
+    async def test_a_cancel_here_reaches_a_claimed_task_not_started_yet(
+        self, open_shared: Any, token: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        started = event(token, "started")
+        claimed = SharedPool._claimed
+        held_back: list[tuple[SharedPool, Any]] = []
+        claim_made = anyio.Event()
+
+        def hold_back(pool: SharedPool, claim: Any) -> None:
+            if claim.started and not held_back:
+                held_back.append((pool, claim))  # committed, not started yet
+                claim_made.set()
+                return
+            claimed(pool, claim)
+
+        monkeypatch.setattr(SharedPool, "_claimed", hold_back)
+        with anyio.fail_after(20):
+            async with open_shared(lease=60) as pool, anyio.create_task_group() as tg:
+                finished = pool._finished
+                waiting = anyio.Event()
+
+                async def noticed(task_id: str) -> Any:
+                    waiting.set()
+                    return await finished(task_id)
+
+                monkeypatch.setattr(pool, "_finished", noticed)
+                task_id = await pool.submit(stuck, token)
+                await claim_made.wait()
+                outcome: list[bool] = []
+                answered = anyio.Event()
+
+                async def cancel() -> None:
+                    outcome.append(await pool.cancel(task_id))
+                    answered.set()
+
+                tg.start_soon(cancel)
+                await waiting.wait()  # the request committed and cancel() waits
+                claimed(*held_back[0])
+                # Long before the next renewal, a third of the lease (20 s) away.
+                with anyio.fail_after(5):
+                    await answered.wait()
+            assert outcome == [True]
+            assert not started.is_set()
+
 
 class TestPartials:
     async def test_a_partial_is_stored_with_its_keywords_and_runs_in_another_pool(
