@@ -46,8 +46,7 @@ import random
 import secrets
 import socket
 import threading
-import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar, overload
 
@@ -246,6 +245,10 @@ class SharedPool(Pool):
         self._runner = _Runner(self._outcomes, shared.workers)
         #: Tasks whose attempt runs here, by id.
         self._running: dict[str, _Claimed] = {}
+        #: Tasks a cancel() here waits for: a group that claimed one before the
+        #: request committed may not have started it yet (its own notification
+        #: is dropped, and the next renewal is up to a third of a lease away).
+        self._cancelling: set[str] = set()
         #: Claimed tasks not yet written back: attempts running or outcomes being written.
         self._busy = 0
         self._claim_wanted = anyio.Event()
@@ -299,9 +302,17 @@ class SharedPool(Pool):
 
     async def _call_again(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``_call`` for a call that is safe to repeat: a read, or a write guarded
-        by owner and attempt. A failure is tried again, with backoff, for up to
-        one lease: a restarted server closed every pooled connection, and each
-        fails once before a fresh one replaces it.
+        by owner and attempt; see :meth:`_again`.
+
+        Raises:
+            DatabaseError: The database still failed after a lease.
+        """
+        return await self._again(functools.partial(self._call, fn, *args, **kwargs))
+
+    async def _again(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Await ``call()``, tried again with backoff for up to one lease while it
+        raises DatabaseError: a restarted server closed every pooled connection,
+        and each fails once before a fresh one replaces it.
 
         Raises:
             DatabaseError: The database still failed after a lease.
@@ -310,7 +321,7 @@ class SharedPool(Pool):
         delay = 0.01
         while True:
             try:
-                return await self._call(fn, *args, **kwargs)
+                return await call()
             except DatabaseError:
                 if anyio.current_time() + delay > deadline:
                     raise
@@ -354,7 +365,8 @@ class SharedPool(Pool):
             retries=settings.retries if job.retries is None else job.retries,
             retry_on=self._retry_on if retry_on is None else _retry_names(retry_on),
             timeout=settings.timeout if job.timeout is None else job.timeout,
-            not_before=job._not_before(time.time()),
+            # Only a run_at is an absolute time; a delay is counted on the database's clock.
+            not_before=job._run_at,
         )
 
     async def _submit_one(self, job: Job) -> str:
@@ -384,7 +396,7 @@ class SharedPool(Pool):
         records = [self._prepare(job) for job in jobs]  # every check before any write
         self._check_usable()
         # The group that stores them also claims for this process's free workers.
-        stored = await self._writer.submit(records)
+        stored = await self._writer.submit(records, [job._delay or None for job in jobs])
         for record, new in stored:
             if record.status not in FINISHED:
                 self._submitted.add(record.id)
@@ -502,9 +514,13 @@ class SharedPool(Pool):
         if task is not None:
             self._cancel_here(task)
         if record.status not in FINISHED:
-            # Not shielded: the request is committed, and an owner that died
-            # answers only once its lease expired.
-            record = await self._finished(task_id)
+            self._cancelling.add(task_id)
+            try:
+                # Not shielded: the request is committed, and an owner that died
+                # answers only once its lease expired.
+                record = await self._finished(task_id)
+            finally:
+                self._cancelling.discard(task_id)
         return record.status is Status.CANCELLED
 
     @staticmethod
@@ -617,6 +633,7 @@ class SharedPool(Pool):
         for record in claim.started:
             self._busy += 1
             task = self._running[record.id] = _Claimed(record)
+            task.cancelling = record.id in self._cancelling
             tg.start_soon(self._run_claimed, task)
 
     async def _claim_loop(self) -> None:
@@ -682,6 +699,8 @@ class SharedPool(Pool):
                     self._outcomes.end(task, Status.CANCELLED, reason="cancelled")
                 elif not task.lost:
                     await self._runner._attempt(task, fn)
+            # The attempt is over: no renewal or cancel is for it while its outcome
+            # is written (the ``finally`` covers an attempt that raised).
             self._forget(task)
             # The worker is free once the outcome is queued: the group that
             # records it claims for this slot too.
@@ -764,16 +783,7 @@ class SharedPool(Pool):
         Raises:
             DatabaseError: The database still failed after a lease.
         """
-        deadline = anyio.current_time() + self._shared.lease
-        wait = 0.01
-        while True:
-            try:
-                return await self._writer.outcome(outcome, delay)
-            except DatabaseError:
-                if anyio.current_time() + wait > deadline:
-                    raise
-            await anyio.sleep(wait)
-            wait = min(wait * 2, 1.0)
+        return await self._again(functools.partial(self._writer.outcome, outcome, delay))
 
     def _lease_lost(self, record: TaskRecord) -> None:
         emit(

@@ -26,6 +26,7 @@ psycopg = pytest.importorskip("psycopg")
 
 from harnpool._pg import PostgresStore  # noqa: E402
 from harnpool._records import TaskRecord  # noqa: E402
+from harnpool._shared import SharedPool  # noqa: E402
 
 _state: dict[str, Any] = {}
 
@@ -355,6 +356,50 @@ class TestCancel:
                 assert client.info(task_id).status is Status.CANCELLED
                 assert not await client.cancel(task_id)
 
+    async def test_a_cancel_here_reaches_a_claimed_task_not_started_yet(
+        self, open_shared: Any, token: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        started = event(token, "started")
+        claimed = SharedPool._claimed
+        held_back: list[tuple[SharedPool, Any]] = []
+        claim_made = anyio.Event()
+
+        def hold_back(pool: SharedPool, claim: Any) -> None:
+            if claim.started and not held_back:
+                held_back.append((pool, claim))  # committed, not started yet
+                claim_made.set()
+                return
+            claimed(pool, claim)
+
+        monkeypatch.setattr(SharedPool, "_claimed", hold_back)
+        with anyio.fail_after(20):
+            async with open_shared(lease=60) as pool, anyio.create_task_group() as tg:
+                finished = pool._finished
+                waiting = anyio.Event()
+
+                async def noticed(task_id: str) -> Any:
+                    waiting.set()
+                    return await finished(task_id)
+
+                monkeypatch.setattr(pool, "_finished", noticed)
+                task_id = await pool.submit(stuck, token)
+                await claim_made.wait()
+                outcome: list[bool] = []
+                answered = anyio.Event()
+
+                async def cancel() -> None:
+                    outcome.append(await pool.cancel(task_id))
+                    answered.set()
+
+                tg.start_soon(cancel)
+                await waiting.wait()  # the request committed and cancel() waits
+                claimed(*held_back[0])
+                # Long before the next renewal, a third of the lease (20 s) away.
+                with anyio.fail_after(5):
+                    await answered.wait()
+            assert outcome == [True]
+            assert not started.is_set()
+
 
 class TestPartials:
     async def test_a_partial_is_stored_with_its_keywords_and_runs_in_another_pool(
@@ -585,3 +630,109 @@ class TestGroupCommit:
                 assert client.statistics().queued == 1  # the held group's task
                 # The writer goes on with the next group.
                 assert await client.submit(double, 1, key="a")
+
+    async def test_a_group_whose_bookkeeping_fails_still_tells_its_callers(
+        self, open_shared: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        async with open_shared(workers=0) as client:
+            store: PostgresStore = client._store
+            write = store.write
+
+            def short(**kwargs: Any) -> Any:
+                # Committed, but it hands back too few results for the group's callers.
+                return msgspec.structs.replace(write(**kwargs), submitted=[])
+
+            with anyio.fail_after(20):
+                monkeypatch.setattr(store, "write", short)
+                with pytest.raises(harnpool.DatabaseError) as caught:
+                    await client.submit(double, 1, key="a")
+                assert caught.value.pool == client.path
+                group_error = caught.value.__cause__
+                assert isinstance(group_error, harnpool.DatabaseError)
+                assert "committed" in str(group_error)
+                assert isinstance(group_error.__cause__, StopIteration)
+                monkeypatch.setattr(store, "write", write)
+                # The writer goes on, and the pool closes cleanly.
+                assert await client.submit(double, 1, key="b")
+
+    async def test_a_claim_whose_bookkeeping_fails_is_an_error_not_a_crash(
+        self, open_shared: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        claimed = SharedPool._claimed
+        failed = anyio.Event()
+
+        def broken(pool: SharedPool, claim: Any) -> None:
+            if claim.started and not failed.is_set():
+                # As when the pool's task group can no longer start the claimed tasks.
+                failed.set()
+                raise RuntimeError("cannot start the claimed tasks")
+            claimed(pool, claim)
+
+        with anyio.fail_after(20):
+            async with open_shared(workers=0) as client:
+                task_id = await client.submit(double, 21)
+                monkeypatch.setattr(SharedPool, "_claimed", broken)
+                with capture_logs() as logs:
+                    async with open_shared(lease=0.6):
+                        await failed.wait()
+                        # The claimed task's lease lapses and it is claimed again.
+                        assert await client.wait(task_id) == 42
+                assert any(e["event"] == "pool.claim_failed" for e in logs)
+
+    async def test_a_bug_in_the_store_is_a_database_error_for_each_caller(
+        self, open_shared: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        async with open_shared(workers=0) as client:
+            store: PostgresStore = client._store
+            write = store.write
+
+            def buggy(**kwargs: Any) -> Any:
+                raise ValueError("a bug")
+
+            with anyio.fail_after(20):
+                monkeypatch.setattr(store, "write", buggy)
+                with pytest.raises(harnpool.DatabaseError) as caught:
+                    await client.submit(double, 1)
+                assert caught.value.pool == client.path
+                assert isinstance(caught.value.__cause__, harnpool.DatabaseError)
+                assert isinstance(caught.value.__cause__.__cause__, ValueError)
+                monkeypatch.setattr(store, "write", write)
+                assert await client.submit(double, 1)
+
+    async def test_a_bug_writing_an_outcome_does_not_take_the_pool_down(
+        self, open_shared: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        with anyio.fail_after(20):
+            async with open_shared(lease=0.6) as pool:
+                store: PostgresStore = pool._store
+                write = store.write
+                failed: list[BaseException] = []  # the store is called in worker threads
+
+                def buggy(**kwargs: Any) -> Any:
+                    if kwargs.get("outcomes") and not failed:
+                        failed.append(TypeError("a bug"))
+                        raise failed[0]
+                    return write(**kwargs)
+
+                monkeypatch.setattr(store, "write", buggy)
+                task_id = await pool.submit(double, 21)
+                # Written again by the retry of a failed group.
+                assert await pool.wait(task_id) == 42
+                assert failed
+
+
+class TestDelays:
+    async def test_a_delay_is_counted_on_the_database_clock(
+        self, open_shared: Any, postgres_dsn: str, pool_name: str
+    ) -> None:
+        with anyio.fail_after(20):
+            async with open_shared(workers=0) as client:
+                task_id = await client.submit(double, 1, delay=1000)
+                with psycopg.connect(postgres_dsn) as conn:
+                    # Both stamped by the inserting statement, whatever the client's clock.
+                    row = conn.execute(
+                        "SELECT not_before - submitted_at = make_interval(secs => 1000)"
+                        " FROM harnpool_task WHERE pool = %s AND seq = %s",
+                        (pool_name, int(task_id.removeprefix("t"))),
+                    ).fetchone()
+                assert row == (True,)

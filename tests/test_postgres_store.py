@@ -258,6 +258,31 @@ class TestSubmit:
         assert len(set(by_key[0].values())) == len(keys)
         assert stores[0].statistics()[Status.QUEUED] == len(keys)
 
+    def test_a_delay_is_counted_from_the_statement_and_a_not_before_kept(
+        self, store: PostgresStore, postgres_dsn: str
+    ) -> None:
+        delayed, given, plain = store.submit(
+            [new(), new(not_before=1_000_000.0), new()], delays=[60.0, 5.0, None]
+        )
+        rows = execute(
+            postgres_dsn,
+            "SELECT not_before - submitted_at = make_interval(secs => 60)"
+            " FROM harnpool_task WHERE seq = %s",
+            (delayed.seq,),
+        )
+        assert rows == [(True,)]
+        assert given.not_before == 1_000_000.0  # an absolute time wins over a delay
+        assert plain.not_before is None
+
+    def test_delays_are_checked_before_anything_is_stored(self, store: PostgresStore) -> None:
+        with pytest.raises(ValueError, match="delay"):
+            store.submit([new()], delays=[-1.0])
+        with pytest.raises(TypeError, match="delay"):
+            store.submit([new()], delays=[True])
+        with pytest.raises(ValueError, match="submit_delays"):
+            store.submit([new(), new()], delays=[1.0])
+        assert store.statistics()[Status.QUEUED] == 0
+
     def test_pools_have_separate_key_spaces(self, open_store: Callable[..., PostgresStore]) -> None:
         a, b = open_store("a-" + uuid.uuid4().hex), open_store("b-" + uuid.uuid4().hex)
         (in_a,) = a.submit([new("k")])

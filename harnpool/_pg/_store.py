@@ -25,7 +25,9 @@ What the rows guarantee:
   and ``requeue_for_retry`` match status, attempt and owner, and a stale
   owner's write changes nothing. Side effects are at least once; recorded
   outcomes exactly once.
-* Every time stored is the database's clock, so the hosts' clocks need not agree.
+* Every time stored is the database's clock, so the hosts' clocks need not agree:
+  a new task's delay is counted from the inserting statement's time; only a
+  ``not_before`` given as an absolute time is stored as given.
 """
 
 from __future__ import annotations
@@ -81,8 +83,9 @@ _NUMBER: Final = (
 _INSERT: Final = f"""
 INSERT INTO harnpool_task (seq, pool, key, status, priority, retries, retry_on, timeout,
     not_before, task_group, function, name, args, submitted_at)
-VALUES (%s, %s, %s, 'queued', %s, %s, %s::text[], %s, to_timestamp(%s), %s, %s, %s, %s,
-    statement_timestamp())
+VALUES (%s, %s, %s, 'queued', %s, %s, %s::text[], %s,
+    coalesce(to_timestamp(%s), statement_timestamp() + make_interval(secs => %s::float8)),
+    %s, %s, %s, %s, statement_timestamp())
 ON CONFLICT (pool, key) DO NOTHING
 RETURNING {_COLUMNS}
 """
@@ -355,7 +358,7 @@ def _json(value: msgspec.Raw | msgspec.UnsetType) -> str | None:
     return None if isinstance(value, msgspec.UnsetType) else bytes(value).decode()
 
 
-def _fields(record: TaskRecord) -> tuple[Any, ...]:
+def _fields(record: TaskRecord, delay: float | None) -> tuple[Any, ...]:
     """A new task's columns, in _INSERT's order after seq and pool."""
     return (
         record.key,
@@ -364,6 +367,7 @@ def _fields(record: TaskRecord) -> tuple[Any, ...]:
         None if record.retry_on is None else list(record.retry_on),
         record.timeout,
         record.not_before,
+        delay or None,
         record.group,
         record.function,
         record.name,
@@ -415,6 +419,23 @@ def _check_seconds(value: object, name: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be finite and not negative, not {value}")
     return float(value)
+
+
+def _check_delays(
+    submits: Sequence[Sequence[TaskRecord]], delays: Sequence[Sequence[float | None]] | None
+) -> list[float | None]:
+    """``delays`` flattened as ``submits`` is, each checked: one per record."""
+    if delays is None:
+        return [None for batch in submits for _ in batch]
+    if len(delays) != len(submits) or any(
+        len(d) != len(batch) for d, batch in zip(delays, submits, strict=True)
+    ):
+        raise ValueError("submit_delays must hold one delay for each record of submits")
+    return [
+        None if delay is None else _check_seconds(delay, "delay")
+        for batch in delays
+        for delay in batch
+    ]
 
 
 def _check_text(value: object, name: str) -> str:
@@ -592,11 +613,19 @@ class PostgresStore:
 
     # -- tasks --------------------------------------------------------------------------
 
-    def submit(self, records: Sequence[TaskRecord]) -> list[TaskRecord]:
+    def submit(
+        self, records: Sequence[TaskRecord], delays: Sequence[float | None] | None = None
+    ) -> list[TaskRecord]:
         """Store new tasks in one transaction, deduplicated by key, and notify listeners.
 
         Each record's ``id``, ``seq``, ``status``, ``attempts`` and times are
         ignored: the database numbers the task and stamps ``submitted_at``.
+        A record's ``not_before`` (epoch seconds) is stored as given; without
+        one, its ``delays`` entry, if any, is counted from the database's clock.
+
+        Args:
+            records: The new tasks.
+            delays: For each record, seconds it waits before it is due, or None.
 
         Returns:
             The stored record for each input, in order: the new task, or for a
@@ -604,12 +633,15 @@ class PostgresStore:
             ``records``), the task that holds it.
 
         Raises:
-            ValueError: A record's priority does not fit in 64 bits.
+            TypeError, ValueError: A delay is not a number of seconds (or there
+                is not one per record); a record's priority does not fit in 64 bits.
             DatabaseError: The database failed; nothing was stored.
         """
-        return [record for record, _ in self.submit_marked(records)]
+        return [record for record, _ in self.submit_marked(records, delays)]
 
-    def submit_marked(self, records: Sequence[TaskRecord]) -> list[tuple[TaskRecord, bool]]:
+    def submit_marked(
+        self, records: Sequence[TaskRecord], delays: Sequence[float | None] | None = None
+    ) -> list[tuple[TaskRecord, bool]]:
         """Store new tasks in one transaction, deduplicated by key, and notify listeners.
 
         Each record's ``id``, ``seq``, ``status``, ``attempts`` and times are
@@ -620,15 +652,17 @@ class PostgresStore:
             this call stored it, False if its key was already held.
 
         Raises:
-            ValueError: A record's priority does not fit in 64 bits.
+            TypeError, ValueError: What :meth:`submit` raises.
             DatabaseError: The database failed; nothing was stored.
         """
-        return self.write(submits=[records]).submitted[0]
+        delayed = None if delays is None else [delays]
+        return self.write(submits=[records], submit_delays=delayed).submitted[0]
 
     def write(
         self,
         *,
         submits: Sequence[Sequence[TaskRecord]] = (),
+        submit_delays: Sequence[Sequence[float | None]] | None = None,
         outcomes: Sequence[tuple[TaskRecord, float]] = (),
         owner: str | None = None,
         claim: ClaimRequest | None = None,
@@ -644,6 +678,8 @@ class PostgresStore:
                 :meth:`submit_marked`. Keys are deduplicated across the lists
                 too: a later list's record with a key an earlier one stored
                 returns that earlier task.
+            submit_delays: For each list of ``submits``, each record's delay
+                as :meth:`submit` takes it; None for no delays.
             outcomes: Each an attempt's outcome and a delay: a final status is
                 recorded as :meth:`finish` does, ``queued`` is a retry due
                 ``delay`` seconds from now, as :meth:`requeue_for_retry` does.
@@ -660,6 +696,7 @@ class PostgresStore:
             DatabaseError: The database failed; nothing was stored.
         """
         records = [record for batch in submits for record in batch]
+        delays = _check_delays(submits, submit_delays)
         for record in records:
             if record.priority not in _INT64:
                 raise ValueError(
@@ -685,7 +722,7 @@ class PostgresStore:
         stored: dict[int, TaskRecord] = {}
         notices: list[str] = []
         with self._connection("writing") as conn, conn.transaction(), conn.cursor() as cur:
-            marked = self._insert(cur, records)
+            marked = self._insert(cur, records, delays)
             if any(new for _, new in marked):
                 notices.append("queued")
             if finishes:
@@ -749,7 +786,10 @@ class PostgresStore:
         )
 
     def _insert(
-        self, cur: psycopg.Cursor[TupleRow], records: Sequence[TaskRecord]
+        self,
+        cur: psycopg.Cursor[TupleRow],
+        records: Sequence[TaskRecord],
+        delays: Sequence[float | None],
     ) -> list[tuple[TaskRecord, bool]]:
         """Insert new tasks in the caller's transaction; what :meth:`submit_marked` returns."""
         if not records:
@@ -762,7 +802,7 @@ class PostgresStore:
         order = sorted(range(len(records)), key=lambda i: (records[i].key or "", i))
         cur.executemany(
             _INSERT,
-            [(seqs[i], self.name, *_fields(records[i])) for i in order],
+            [(seqs[i], self.name, *_fields(records[i], delays[i])) for i in order],
             returning=True,
         )
         inserted: dict[int, TaskRecord] = {}

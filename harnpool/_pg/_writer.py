@@ -13,6 +13,9 @@ it). If the transaction fails, every caller of that group gets the
 :class:`~harnpool.DatabaseError`: nothing of the group is stored, nobody was
 told otherwise. An outcome whose attempt is no longer this process's is
 discarded on its own (its caller gets None); the rest of the group is stored.
+Any other failure while a group is written or handed out is a bug: every
+caller of the group still learns of it, as a :class:`~harnpool.DatabaseError`
+whose ``__cause__`` it is, and the writer goes on with the next group.
 """
 
 from __future__ import annotations
@@ -24,13 +27,12 @@ from typing import Final
 import anyio
 import psycopg
 
-from .._errors import DatabaseError, PoolClosedError
+from .._errors import DatabaseError, HarnpoolError, PoolClosedError
 from .._records import TaskRecord
 from ._store import Claim, ClaimRequest, PostgresStore, Written
 
 __all__ = ["GroupWriter"]
 
-_INT64: Final = range(-(2**63), 2**63)
 #: How many times a group is written again after the server chose it as a deadlock's victim.
 _DEADLOCK_RETRIES: Final = 3
 
@@ -38,15 +40,17 @@ _DEADLOCK_RETRIES: Final = 3
 class _Request:
     """One caller's change, and what became of it once its group committed."""
 
-    __slots__ = ("delay", "done", "error", "outcome", "records", "stored", "submitted")
+    __slots__ = ("delay", "delays", "done", "error", "outcome", "records", "stored", "submitted")
 
     def __init__(
         self,
         records: Sequence[TaskRecord] | None = None,
         outcome: TaskRecord | None = None,
         delay: float = 0.0,
+        delays: Sequence[float | None] | None = None,
     ) -> None:
         self.records = records
+        self.delays = delays
         self.outcome = outcome
         self.delay = delay
         self.done = anyio.Event()
@@ -133,22 +137,22 @@ class GroupWriter:
         if writing is not None:
             await writing.done.wait()
 
-    async def submit(self, records: Sequence[TaskRecord]) -> list[tuple[TaskRecord, bool]]:
+    async def submit(
+        self, records: Sequence[TaskRecord], delays: Sequence[float | None] | None = None
+    ) -> list[tuple[TaskRecord, bool]]:
         """Store new tasks in the next group; what :meth:`PostgresStore.submit_marked` returns.
 
+        ``delays`` is as :meth:`PostgresStore.submit` takes it.
+
         Raises:
-            ValueError: A record's priority does not fit in 64 bits; nothing was queued.
             DatabaseError: The group's transaction failed; nothing was stored.
             PoolClosedError: The writer has stopped; nothing was stored.
         """
-        for record in records:
-            if record.priority not in _INT64:
-                raise ValueError(
-                    f"priority must fit in a signed 64-bit integer, not {record.priority}"
-                )
         if not records:
             return []
-        request = await self._queue(_Request(records=records))
+        if delays is None:
+            delays = [None] * len(records)
+        request = await self._queue(_Request(records=records, delays=delays))
         return request.submitted
 
     async def outcome(self, record: TaskRecord, delay: float = 0.0) -> TaskRecord | None:
@@ -206,51 +210,89 @@ class GroupWriter:
                     ending.done.set()
 
     async def _write(self, group: list[_Request], end: _GroupEnd) -> None:
-        submits = [r.records for r in group if r.records is not None]
-        outcomes = [(r.outcome, r.delay) for r in group if r.outcome is not None]
-        claim = self._claim_for()
-        written: Written | None = None
-        if group or claim is not None:
-            write = functools.partial(
-                self._store.write,
-                submits=submits,
-                outcomes=outcomes,
-                owner=self._owner,
-                claim=claim,
-            )
-            for retry in range(_DEADLOCK_RETRIES + 1):
-                try:
-                    written = await anyio.to_thread.run_sync(write, limiter=self._limiter)
-                    break
-                except DatabaseError as exc:
-                    # The server rolled the victim back whole: writing it again is safe.
-                    if retry < _DEADLOCK_RETRIES and isinstance(
-                        exc.__cause__, psycopg.errors.DeadlockDetected
-                    ):
-                        continue
-                    self._fail(group, end, exc)
-                    return
-                except Exception as exc:
-                    self._fail(group, end, exc)
-                    return
-        if written is not None:
-            self.groups += 1
-            if written.claim is not None:
-                end.claim = written.claim
-                self._claimed(written.claim)
-            submitted = iter(written.submitted)
-            stored = iter(written.outcomes)
-            for request in group:
-                if request.records is not None:
-                    request.submitted = next(submitted)
-                if request.outcome is not None:
-                    request.stored = next(stored)
+        """Write ``group`` and tell its callers how it ended, whatever happens."""
+        committed = False
+        try:
+            written = await self._commit(group)
+            committed = True
+            if written is not None:
+                self._record(group, end, written)
+        except BaseException as exc:
+            self._fail(group, end, self._error(exc, committed=committed))
+            # An Exception is a bug: its callers were told, and the writer goes on
+            # rather than taking the pool's task group down with it.
+            if not isinstance(exc, Exception):
+                raise
+            return
         for request in group:
             request.done.set()
         end.done.set()
 
+    async def _commit(self, group: list[_Request]) -> Written | None:
+        submits = [r.records for r in group if r.records is not None]
+        delays = [
+            [None] * len(r.records) if r.delays is None else r.delays
+            for r in group
+            if r.records is not None
+        ]
+        outcomes = [(r.outcome, r.delay) for r in group if r.outcome is not None]
+        claim = self._claim_for()
+        if not group and claim is None:
+            return None
+        write = functools.partial(
+            self._store.write,
+            submits=submits,
+            submit_delays=delays,
+            outcomes=outcomes,
+            owner=self._owner,
+            claim=claim,
+        )
+        for retry in range(_DEADLOCK_RETRIES + 1):
+            try:
+                return await anyio.to_thread.run_sync(write, limiter=self._limiter)
+            except DatabaseError as exc:
+                # The server rolled the victim back whole: writing it again is safe.
+                if retry < _DEADLOCK_RETRIES and isinstance(
+                    exc.__cause__, psycopg.errors.DeadlockDetected
+                ):
+                    continue
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _record(self, group: list[_Request], end: _GroupEnd, written: Written) -> None:
+        """Hand each caller its part of a committed group; the claim to ``claimed``."""
+        self.groups += 1
+        if written.claim is not None:
+            end.claim = written.claim
+            self._claimed(written.claim)
+        submitted = iter(written.submitted)
+        stored = iter(written.outcomes)
+        for request in group:
+            if request.records is not None:
+                request.submitted = next(submitted)
+            if request.outcome is not None:
+                request.stored = next(stored)
+
+    def _error(self, exc: BaseException, *, committed: bool) -> BaseException:
+        """What the callers of a group that ``exc`` ended get: a harnpool error."""
+        name = self._store.name
+        if not isinstance(exc, Exception):
+            return PoolClosedError(f"the pool {name!r} is closed")
+        if isinstance(exc, HarnpoolError):
+            return exc
+        if committed:
+            message = (
+                f"pool {name!r}: a group was committed but handing out what it "
+                f"stored failed: {type(exc).__name__}: {exc}"
+            )
+        else:
+            message = f"pool {name!r}: writing a group failed: {type(exc).__name__}: {exc}"
+        error = DatabaseError(message, pool=name)
+        error.__cause__ = exc
+        return error
+
     @staticmethod
-    def _fail(group: list[_Request], end: _GroupEnd, exc: Exception) -> None:
+    def _fail(group: list[_Request], end: _GroupEnd, exc: BaseException) -> None:
         for request in group:
             request.error = exc
             request.done.set()
