@@ -159,3 +159,14 @@ def make_postgres_database(postgres_server: Server) -> Iterator[Callable[[], str
     yield make
     for dsn in made:
         postgres_server.drop_database(dsn)
+
+
+@pytest.fixture
+def token() -> Iterator[str]:
+    """A prefix for this test's entries in ``tests.task_state.state``, removed after it."""
+    from tests.task_state import state
+
+    token = uuid.uuid4().hex
+    yield token
+    for key in [k for k in state if k.startswith(token)]:
+        del state[key]

@@ -27,16 +27,7 @@ psycopg = pytest.importorskip("psycopg")
 from harnpool._pg import PostgresStore  # noqa: E402
 from harnpool._records import TaskRecord  # noqa: E402
 from harnpool._shared import SharedPool  # noqa: E402
-
-_state: dict[str, Any] = {}
-
-
-@pytest.fixture
-def token() -> Iterator[str]:
-    token = uuid.uuid4().hex
-    yield token
-    for key in [k for k in _state if k.startswith(token)]:
-        del _state[key]
+from tests.task_state import state as _state  # noqa: E402
 
 
 def event(token: str, name: str) -> anyio.Event:

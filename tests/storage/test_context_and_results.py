@@ -8,8 +8,6 @@ cross processes); the others run it in a copy of its submitter's.
 from __future__ import annotations
 
 import contextvars
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -21,21 +19,12 @@ import structlog.testing
 
 import harnpool
 from harnpool import Job
+from tests.task_state import state as _state
 
 from .conftest import OpenOn, only_exclusive
 
-_state: dict[str, Any] = {}
-
 #: A variable submitters set and tasks read and set.
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="unset")
-
-
-@pytest.fixture
-def token() -> Iterator[str]:
-    token = uuid.uuid4().hex
-    yield token
-    for key in [k for k in _state if k.startswith(token)]:
-        del _state[key]
 
 
 def _registrations(pool: harnpool.Pool) -> int:

@@ -8,27 +8,15 @@ from __future__ import annotations
 
 import datetime
 import time
-import uuid
-from collections.abc import Iterator
-from typing import Any
 
 import anyio
 import pytest
 
 import harnpool
 from harnpool import Job
+from tests.task_state import state as _state
 
 from .conftest import OpenOn, only_exclusive
-
-_state: dict[str, Any] = {}
-
-
-@pytest.fixture
-def token() -> Iterator[str]:
-    token = uuid.uuid4().hex
-    yield token
-    for key in [k for k in _state if k.startswith(token)]:
-        del _state[key]
 
 
 async def double(n: int) -> int:
