@@ -69,8 +69,8 @@ def find_bindir() -> str:
         return os.path.dirname(on_path)
     raise ServerUnavailable(
         "PostgreSQL's server binaries were not found (no /usr/lib/postgresql/*/bin/initdb and "
-        f"no initdb on PATH): install the postgresql package, or set {DSN_VARIABLE} to a "
-        "server's DSN"
+        "no initdb on PATH): install the postgresql package, or name a running server"
+        f" ({DSN_VARIABLE} for the tests, --admin-dsn for the benchmarks)"
     )
 
 
@@ -145,47 +145,51 @@ def running_server() -> Iterator[Server]:
             for name in list(server.created):
                 server.drop_database(make_conninfo(external, dbname=name))
         return
+    with cluster(durable=False, prefix="hp-pg.") as (directory, bindir, admin_dsn, seconds):
+        yield Server(admin_dsn=admin_dsn, directory=directory, bindir=bindir, start_seconds=seconds)
+
+
+@contextlib.contextmanager
+def cluster(*, durable: bool, prefix: str) -> Iterator[tuple[str, str, str, float]]:
+    """Initialise and start a server in a fresh directory, stop and remove it after the block.
+
+    Args:
+        durable: ``fsync``, ``synchronous_commit`` and ``full_page_writes`` on
+            (PostgreSQL's defaults: for measuring), else off (for testing).
+        prefix: The start of the temporary directory's name.
+
+    Yields:
+        The directory, the binaries' directory, an administrator's DSN to the
+        ``postgres`` database, and how long initdb and the start took (seconds).
+
+    Raises:
+        ServerUnavailable: The binaries are missing, or root has no postgres user.
+    """
     bindir = find_bindir()
-    prefix = _as_server_user()
+    runner = _as_server_user()
     # Short, under /tmp: a unix socket's path may be at most 107 bytes.
-    directory = tempfile.mkdtemp(prefix="hp-pg.", dir="/tmp")
+    directory = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
     data, log = os.path.join(directory, "data"), os.path.join(directory, "server.log")
-    pg_ctl = [*prefix, os.path.join(bindir, "pg_ctl"), "-D", data, "-w", "-s"]
+    pg_ctl = [*runner, os.path.join(bindir, "pg_ctl"), "-D", data, "-w", "-s"]
     started = False
     try:
-        if prefix:
+        if runner:
             shutil.chown(directory, user="postgres", group="postgres")
         began = time.perf_counter()
-        _run(
-            [
-                *prefix,
-                os.path.join(bindir, "initdb"),
-                "-D",
-                data,
-                "-U",
-                _ROLE,
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--locale=C.UTF-8",
-                "--no-sync",
-            ],
-            "initdb",
-        )
+        initdb = [os.path.join(bindir, "initdb"), "-D", data, "-U", _ROLE, "-A", "trust"]
+        # --no-sync: the empty cluster need not reach the disk; a durable server's
+        # every commit after it does.
+        _run([*runner, *initdb, "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"], "initdb")
+        switch = "on" if durable else "off"
         options = (
-            f"-k {directory} -c listen_addresses='' -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off"
+            f"-k {directory} -c listen_addresses='' -c fsync={switch}"
+            f" -c synchronous_commit={switch} -c full_page_writes={switch}"
+            " -c max_connections=200"
         )
         _run([*pg_ctl, "-l", log, "-o", options, "start"], "pg_ctl start", log)
         started = True
-        server = Server(
-            admin_dsn=f"postgresql://{_ROLE}@/postgres?host={directory}",
-            directory=directory,
-            bindir=bindir,
-            start_seconds=time.perf_counter() - began,
-        )
-        yield server
+        admin_dsn = f"postgresql://{_ROLE}@/postgres?host={directory}"
+        yield directory, bindir, admin_dsn, time.perf_counter() - began
     finally:
         if started:
             # Immediate: the data is thrown away, so nothing needs to reach the disk.
