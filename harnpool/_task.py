@@ -6,6 +6,7 @@ import contextvars
 import datetime
 import functools
 import inspect
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, TypeVarTuple
 
@@ -246,11 +247,12 @@ class Job:
             return None
         return datetime.datetime.fromtimestamp(self._run_at, datetime.UTC)
 
-    def _not_before(self, now: float) -> float | None:
-        """The Unix time the task is due, for a submit at ``now``; None if it is due at once."""
+    def _not_before(self) -> float | None:
+        """The Unix time the task is due, submitted now; None if it is due at once."""
         if self._run_at is not None:
             return self._run_at
-        return now + self._delay if self._delay else None
+        # The clock is read only for a delay: most submits have none.
+        return time.time() + self._delay if self._delay else None
 
     def __repr__(self) -> str:
         return f"Job({_qualified_name(self._fn)}, *{self._args!r}, key={self._key!r})"

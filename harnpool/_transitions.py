@@ -200,7 +200,7 @@ class Tasks:
             retries=settings.retries if job._retries is None else job._retries,
             retry_on=retry_on,
             timeout=settings.timeout if job._timeout is None else job._timeout,
-            not_before=job._not_before(time.time()),
+            not_before=job._not_before(),
         )
 
     def existing(self, job: Job, context: contextvars.Context | None = None) -> Task | None:
